@@ -139,6 +139,8 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
     else:
         path = resolve_model_path(model)
         mdl = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **model_kwargs)
+        if path != str(model):  # a short name: keep it as the model's name for reprs
+            mdl.config._name_or_path = str(model)
         if tokenizer is None:
             tok = AutoTokenizer.from_pretrained(path, **(tokenizer_kwargs or {}))
         elif isinstance(tokenizer, (str, os.PathLike)):

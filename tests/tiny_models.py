@@ -1,0 +1,227 @@
+"""Tiny, randomly initialised models with real tokenizers, built offline in a few seconds.
+
+Every builder makes a model from a config (no download), seeds torch first so that the weights are the
+same on every run, trains or reuses a real tokenizer, and saves both to a folder, so that a model can be
+passed to a reranker as a ``(model, tokenizer)`` pair or loaded by path (as pyterrier-t5 does).
+
+Tokenizers are trained on the first passages of the offline TREC DL 2019 collection
+(``../shared/data/msmarco-passage-trec-dl-2019/docs.jsonl.gz``):
+
+* T5: a SentencePiece unigram model (vocabulary 2000 + T5's 100 sentinels) with ``▁true``, ``▁false``,
+  ``▁Relevant``, ``▁Query`` and ``▁Document`` as user-defined pieces, so that ``encode('true')[0]`` and
+  ``encode('false')[0]`` are single, distinct, known ids (MonoT5/DuoT5 read those logits);
+* BERT/DistilBERT: a WordPiece vocabulary (lower-cased) wrapped as ``BertTokenizerFast``;
+* Llama: SmolLM2's tokenizer (vocabulary 49152, ChatML template) when its converted folder is in the
+  toolkit cache, else a byte-level BPE trained on the spot with the same special tokens and template.
+
+Usage (``tests/`` is on ``sys.path`` under pytest; elsewhere add it first)::
+
+    from tiny_models import build_tiny_t5
+    t5 = build_tiny_t5('/tmp/tiny-t5')
+    t5.model, t5.tokenizer, t5.path   # or: model, tokenizer, path = t5
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, List, NamedTuple, Optional, Union
+
+import torch
+
+__all__ = ['TinyModel', 'corpus_lines', 'train_t5_tokenizer', 'train_wordpiece_tokenizer', 'train_bpe_tokenizer',
+           'build_tiny_t5', 'build_tiny_bert', 'build_tiny_distilbert', 'build_tiny_llama']
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get('PYTERRIER_LLMRANK_DATA', REPO.parent / 'shared' / 'data'))
+CORPUS = DATA / 'msmarco-passage-trec-dl-2019' / 'docs.jsonl.gz'
+
+#: Pieces every tiny T5 tokenizer holds whole (the MonoT5/DuoT5 template words and target tokens).
+T5_USER_PIECES = ['▁true', '▁false', '▁Relevant', '▁Query', '▁Document']
+
+#: ChatML template of the BPE fallback (the same markup as SmolLM2's, without its default system prompt).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+class TinyModel(NamedTuple):
+    """A built model: ``model`` (eval mode, CPU, float32), its ``tokenizer`` and the folder ``path`` holding both."""
+
+    model: Any
+    tokenizer: Any
+    path: str
+
+    @property
+    def pair(self):
+        """``(model, tokenizer)``, the form every reranker of the toolkit accepts as ``model``."""
+        return (self.model, self.tokenizer)
+
+
+@functools.lru_cache(maxsize=4)
+def corpus_lines(n: int = 2000) -> tuple:
+    """The texts of the first ``n`` passages of the offline DL19 collection (cached)."""
+    if not CORPUS.exists():
+        raise FileNotFoundError(f'{CORPUS} not found; set PYTERRIER_LLMRANK_DATA to the offline collections folder')
+    lines: List[str] = []
+    with gzip.open(CORPUS, 'rt', encoding='utf-8') as f:
+        for line in f:
+            if len(lines) >= n:
+                break
+            lines.append(json.loads(line)['text'])
+    return tuple(lines)
+
+
+def _finish(model: Any, tokenizer: Any, folder: Union[str, os.PathLike]) -> TinyModel:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.config._name_or_path = str(folder)  # so that reprs of rerankers given the pair name the folder
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TinyModel(model, tokenizer, str(folder))
+
+
+# ----------------------------------------------------------------------------------------------- T5
+
+def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+    """Train a SentencePiece unigram model and wrap it as a ``T5Tokenizer`` (with 100 sentinel tokens).
+
+    The pieces are handed to ``T5Tokenizer(vocab=...)`` directly (reading a ``spiece.model`` file needs
+    protobuf, which the environment lacks); the identity normalisation makes the two tokenize alike.
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines(n_lines)), model_writer=proto, vocab_size=vocab_size,
+        model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        normalization_rule_name='identity', user_defined_symbols=T5_USER_PIECES, input_sentence_size=0,
+        num_threads=1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = T5Tokenizer(vocab=vocab)
+    ids = [tok.encode(w, add_special_tokens=False) for w in ('true', 'false')]
+    assert all(len(i) == 1 and i[0] != tok.unk_token_id for i in ids) and ids[0] != ids[1], ids
+    return tok
+
+
+def build_tiny_t5(folder: Union[str, os.PathLike], tokenizer: Any = None, *, d_model: int = 64, num_layers: int = 2,
+                  num_heads: int = 4, d_ff: Optional[int] = None, d_kv: Optional[int] = None, n_positions: int = 512,
+                  seed: int = 0) -> TinyModel:
+    """A random ``T5ForConditionalGeneration`` (original T5 layout: relu, tied and scaled head).
+
+    ``tokenizer`` defaults to a freshly trained one (:func:`train_t5_tokenizer`); pass one to share it
+    between several models. Larger settings (``d_model=512, num_layers=6, num_heads=8``) give a
+    t5-small-sized model for benchmarks.
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+    tok = tokenizer if tokenizer is not None else train_t5_tokenizer()
+    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=d_kv or d_model // num_heads, d_ff=d_ff or 2 * d_model,
+                      num_layers=num_layers, num_heads=num_heads, n_positions=n_positions, dropout_rate=0.0,
+                      feed_forward_proj='relu', pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    return _finish(model, tok, folder)
+
+
+# --------------------------------------------------------------------------------------- BERT family
+
+def train_wordpiece_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+    """Train a lower-cased WordPiece vocabulary and wrap it as ``BertTokenizerFast``."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(corpus_lines(n_lines), vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                           special_tokens=['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'])
+    vocab = wp.get_vocab()
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def build_tiny_bert(folder: Union[str, os.PathLike], tokenizer: Any = None, *, hidden_size: int = 64,
+                    num_layers: int = 2, num_heads: int = 4, num_labels: int = 1, max_position_embeddings: int = 512,
+                    seed: int = 0) -> TinyModel:
+    """A random ``BertForSequenceClassification`` (one logit by default, as a cross-encoder)."""
+    from transformers import BertConfig, BertForSequenceClassification
+    tok = tokenizer if tokenizer is not None else train_wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
+                        max_position_embeddings=max_position_embeddings, num_labels=num_labels,
+                        pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    return _finish(model, tok, folder)
+
+
+def build_tiny_distilbert(folder: Union[str, os.PathLike], tokenizer: Any = None, *, dim: int = 64, n_layers: int = 2,
+                          n_heads: int = 4, max_position_embeddings: int = 512, seed: int = 0) -> TinyModel:
+    """A random ``DistilBertModel`` (encoder only, as the backbone of IDCM)."""
+    from transformers import DistilBertConfig, DistilBertModel
+    tok = tokenizer if tokenizer is not None else train_wordpiece_tokenizer()
+    config = DistilBertConfig(vocab_size=len(tok), dim=dim, n_layers=n_layers, n_heads=n_heads, hidden_dim=4 * dim,
+                              max_position_embeddings=max_position_embeddings, pad_token_id=tok.pad_token_id,
+                              dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(seed)
+    model = DistilBertModel(config)
+    return _finish(model, tok, folder)
+
+
+# -------------------------------------------------------------------------------------------- Llama
+
+def train_bpe_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+    """Train a byte-level BPE with ChatML special tokens (``<|im_start|>``, ``<|im_end|>``) and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    specials = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus_lines(n_lines), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token='<|im_start|>', eos_token='<|im_end|>',
+                                  unk_token='<|endoftext|>', pad_token='<|im_end|>')
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def _smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer when its converted folder is in the toolkit cache, else ``None``."""
+    from transformers import AutoTokenizer
+    from pyterrier_llmrank.models import cache_dir
+    folder = cache_dir() / 'models' / 'smollm2-135m-instruct'
+    if not (folder / 'tokenizer.json').exists():
+        return None
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def build_tiny_llama(folder: Union[str, os.PathLike], tokenizer: Any = 'auto', *, hidden_size: int = 64,
+                     num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, seed: int = 0) -> TinyModel:
+    """A random ``LlamaForCausalLM`` (grouped-query attention, tied embeddings).
+
+    ``tokenizer``: ``'auto'`` (SmolLM2's if cached, else :func:`train_bpe_tokenizer`), ``'smollm2'``,
+    ``'bpe'`` or a tokenizer object.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if tokenizer in ('auto', 'smollm2'):
+        tok = _smollm2_tokenizer()
+        if tok is None:
+            if tokenizer == 'smollm2':
+                raise FileNotFoundError("SmolLM2's converted folder is not cached; run "
+                                        "pyterrier_llmrank.models.resolve_model_path('smollm2-135m-instruct')")
+            tok = train_bpe_tokenizer()
+    elif tokenizer == 'bpe':
+        tok = train_bpe_tokenizer()
+    else:
+        tok = tokenizer
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return _finish(model, tok, folder)
