@@ -1,0 +1,153 @@
+"""Throughput of pyterrier_llmrank's MonoT5 against pyterrier-t5's MonoT5ReRanker, same model, same inputs.
+
+The model is a t5-small-sized T5 (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with random weights built
+from a config, and a SentencePiece tokenizer trained on the spot (tests/tiny_models.py): speed depends on
+the shapes, not on the weights, and nothing is downloaded. Inputs are real TREC DL 2019 passages (BM25
+top-k of the first queries). Both rerankers score the same frame at the same batch size; before timing,
+the script checks that our scores equal pyterrier-t5's at batch size 1 (its only batch-independent
+setting) on a subset, and fails if they do not.
+
+Usage::
+
+    python benchmarks/bench_monot5.py                   # 10 queries x 20 docs, batch 16, 1 thread
+    python benchmarks/bench_monot5.py --queries 5 --docs 10 --threads 2 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'tests'))
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+DATA = Path(os.environ.get('PYTERRIER_LLMRANK_DATA', REPO.parent / 'shared' / 'data')) / 'msmarco-passage-trec-dl-2019'
+
+
+def read_dl19(n_queries: int, n_docs: int) -> pd.DataFrame:
+    """BM25 top-``n_docs`` passages (with text) of the first ``n_queries`` DL19 topics."""
+    run = pd.read_csv(DATA / 'runs' / 'bm25.run', sep=r'\s+', names=['qid', 'Q0', 'docno', 'rank', 'score', 'tag'],
+                      dtype={'qid': str, 'docno': str})
+    topics = pd.read_csv(DATA / 'topics.tsv', sep='\t', names=['qid', 'query'], dtype=str)
+    run = run[run['qid'].isin(topics['qid'].tolist()[:n_queries]) & (run['rank'] <= n_docs)]
+    need = set(run['docno'])
+    texts = {}
+    with gzip.open(DATA / 'docs.jsonl.gz', 'rt', encoding='utf-8') as f:
+        for line in f:
+            d = json.loads(line)
+            if d['docno'] in need:
+                texts[d['docno']] = d['text']
+    out = run.merge(topics, on='qid')[['qid', 'query', 'docno', 'score']]
+    out['text'] = out['docno'].map(texts)
+    return out.reset_index(drop=True)
+
+
+def reference_padded_tokens(ref, inp: pd.DataFrame, batch_size: int) -> int:
+    """Tokens (padding included) pyterrier-t5 feeds the encoder: fixed slices, padded to their longest."""
+    total = 0
+    prompts = [f'Query: {q} Document: {d}' for q, d in zip(inp['query'], inp['text'])]
+    lengths = [len(x) for x in ref.tokenizer(prompts)['input_ids']]
+    n_suffix = len(ref.tokenizer('Relevant:')['input_ids'])
+    max_vlen = ref.model.config.n_positions - n_suffix
+    for i in range(0, len(lengths), batch_size):
+        chunk = lengths[i:i + batch_size]
+        total += len(chunk) * (min(max(chunk) - 1, max_vlen) + n_suffix)
+    return total
+
+
+def timed(fn, repeats: int):
+    best, out = float('inf'), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--queries', type=int, default=10)
+    ap.add_argument('--docs', type=int, default=20, help='BM25 top-k passages per query')
+    ap.add_argument('--batch-size', type=int, default=16)
+    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (1: stable timings on a shared machine)')
+    ap.add_argument('--repeats', type=int, default=1, help='timed runs of each reranker (best kept)')
+    ap.add_argument('--check-docs', type=int, default=40, help='pairs compared with pyterrier-t5 at batch size 1')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--d-model', type=int, default=512)
+    ap.add_argument('--layers', type=int, default=6)
+    ap.add_argument('--heads', type=int, default=8)
+    args = ap.parse_args()
+
+    import pyterrier_t5
+    from transformers.utils import logging as hf_logging
+    from tiny_models import build_tiny_t5, train_t5_tokenizer
+    hf_logging.disable_progress_bar()
+    from pyterrier_llmrank.monot5 import MonoT5
+
+    torch.set_num_threads(args.threads)
+    inp = read_dl19(args.queries, args.docs)
+    with tempfile.TemporaryDirectory(prefix='bench-monot5-') as tmp:
+        t5 = build_tiny_t5(Path(tmp) / 't5', train_t5_tokenizer(), d_model=args.d_model, num_layers=args.layers,
+                           num_heads=args.heads, d_ff=4 * args.d_model)
+        n_params = sum(p.numel() for p in t5.model.parameters())
+        ref = pyterrier_t5.MonoT5ReRanker(tok_model=t5.path, model=t5.path, batch_size=args.batch_size,
+                                          device=args.device, verbose=False)
+        ours = MonoT5(tok_model=t5.path, model=t5.path, batch_size=args.batch_size, device=args.device, dtype='float32')
+
+    # 1. equal scores: ours (batch_size as timed) against pyterrier-t5 at batch size 1, on a subset
+    sub = inp.head(args.check_docs)
+    bs = ref.batch_size
+    ref.batch_size = 1
+    ref_sub = ref(sub)
+    ref.batch_size = bs
+    ours_sub = ours(sub)
+    diff = float(np.abs(ours_sub['score'].to_numpy() - ref_sub['score'].to_numpy()).max())
+    assert diff <= 1e-5, f'scores differ from pyterrier-t5 (batch size 1) by {diff}'
+    assert (ours_sub['rank'].to_numpy() == ref_sub['rank'].to_numpy()).all(), 'rankings differ from pyterrier-t5'
+
+    # 2. throughput on the whole frame, same batch size (one warm-up batch each first)
+    warm = inp.head(args.batch_size)
+    ref(warm)
+    ours(warm)
+    ours.stats.reset()
+    t_ref, out_ref = timed(lambda: ref(inp), args.repeats)
+    t_ours, out_ours = timed(lambda: ours(inp), args.repeats)
+    drift = float(np.abs(out_ours['score'].to_numpy() - out_ref['score'].to_numpy()).max())
+    ours_tokens = ours.stats.per_query()
+    real_tokens = int(ours_tokens['input_tokens'].sum() / args.repeats)
+    ours_padded = int(ours_tokens['padded_tokens'].sum() / args.repeats)
+    ref_padded = reference_padded_tokens(ref, inp, args.batch_size)
+    n = len(inp)
+
+    print(f'MonoT5 throughput: {args.queries} DL19 queries x BM25 top-{args.docs} = {n} pairs, batch size '
+          f'{args.batch_size}, device {args.device}, {args.threads} CPU thread(s), best of {args.repeats}')
+    print(f'model: random T5 d_model {args.d_model}, {args.layers}+{args.layers} layers, {args.heads} heads, '
+          f'{n_params / 1e6:.1f}M parameters, vocabulary {len(t5.tokenizer)}; {real_tokens} real input tokens')
+    print()
+    rows = [('pyterrier-t5 MonoT5ReRanker', t_ref, ref_padded), ('pyterrier_llmrank MonoT5', t_ours, ours_padded)]
+    print(f'{"reranker":<30}{"seconds":>10}{"pairs/s":>10}{"encoder tokens (padded)":>26}')
+    for name, secs, padded in rows:
+        print(f'{name:<30}{secs:>10.2f}{n / secs:>10.1f}{padded:>26d}')
+    print()
+    print(f'speed-up (pyterrier_llmrank / pyterrier-t5): {t_ref / t_ours:.2f}x')
+    print(f'scores vs pyterrier-t5 at batch size 1 ({len(sub)} pairs): max |diff| {diff:.2e} (asserted <= 1e-5), '
+          f'same ranking')
+    print(f'scores vs pyterrier-t5 at batch size {args.batch_size} (its scores depend on batch mates): '
+          f'max |diff| {drift:.2e}')
+
+
+if __name__ == '__main__':
+    main()

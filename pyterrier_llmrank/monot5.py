@@ -1,0 +1,288 @@
+"""MonoT5 and DuoT5: sequence-to-sequence relevance classifiers reading the logits of ``true``/``false``.
+
+* MonoT5 (pointwise): Nogueira, Jiang, Pradeep, Lin: "Document Ranking with a Pretrained
+  Sequence-to-Sequence Model", Findings of EMNLP 2020.
+* DuoT5 (pairwise): Pradeep, Nogueira, Lin: "The Expando-Mono-Duo Design Pattern for Text Ranking with
+  Pretrained Sequence-to-Sequence Models", arXiv 2101.05667, 2021.
+
+Both give the same scores as pyterrier-t5's ``MonoT5ReRanker``/``DuoT5ReRanker`` at ``batch_size=1``
+(terrierteam/pyterrier_t5 ``pyterrier_t5/__init__.py``, version 0.3.0), and the same scores at every batch
+size: each input is encoded on its own and right-padded *after* its ``Relevant:`` suffix, whereas
+pyterrier-t5 pads the query/document part of a batch and appends ``Relevant:`` after the padding, so that
+its scores for a pair change with the pair's batch mates. Inputs are scored in batches of similar length
+(sorted), under ``torch.inference_mode``, and only the two logits read are computed.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import defaultdict
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+from torch.nn import functional as F
+
+from pyterrier_llmrank import models
+from pyterrier_llmrank._base import PointwiseReranker, Reranker
+
+__all__ = ['MonoT5', 'DuoT5', 'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
+           'DUOT5_DOC1_TEMPLATE', 'DUOT5_SUFFIX', 'TRUE_TOKEN', 'FALSE_TOKEN', 't5_true_logprobs']
+
+# Input templates and target words of castorini's monoT5/duoT5 checkpoints, as pyterrier-t5 writes them
+# (terrierteam/pyterrier_t5 pyterrier_t5/__init__.py, MonoT5ReRanker.transform / DuoT5ReRanker.transform).
+MONOT5_TEMPLATE = 'Query: {q} Document: {d}'
+MONOT5_SUFFIX = 'Relevant:'
+DUOT5_QUERY_TEMPLATE = 'Query: {q}'
+DUOT5_DOC0_TEMPLATE = 'Document0: {d}'
+DUOT5_DOC1_TEMPLATE = 'Document1: {d}'
+DUOT5_SUFFIX = 'Relevant:'
+TRUE_TOKEN = 'true'
+FALSE_TOKEN = 'false'
+
+#: pyterrier-t5 warns above this many documents per query (DuoT5 is quadratic in it).
+DUOT5_WARN_DOCS = 50
+
+
+def _chop_eos(ids: List[int], eos: Any) -> List[int]:
+    """Drop the trailing EOS the tokenizer adds (pyterrier-t5: ``enc[:, :-1]``)."""
+    return ids[:-1] if ids and ids[-1] == eos else ids
+
+
+def _right_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def t5_true_logprobs(model: Any, seqs: Sequence[Sequence[int]], rel: int, nrel: int, pad: int) -> List[float]:
+    """``log_softmax`` over the logits of (``rel``, ``nrel``) at the first decoder step, taken at ``rel``.
+
+    The sequences are right-padded (pads masked), so a sequence's score does not depend on the others.
+    For T5-family models only the two rows of the output projection that are read are computed; any other
+    encoder-decoder model goes through its full forward pass.
+    """
+    dev = next(model.parameters()).device
+    ids, mask = _right_pad(seqs, pad, dev)
+    dec = torch.full((len(seqs), 1), model.config.decoder_start_token_id, dtype=torch.long, device=dev)
+    head = getattr(model, 'lm_head', None)
+    if (isinstance(head, torch.nn.Linear) and hasattr(model.config, 'scale_decoder_outputs')
+            and hasattr(model, 'model_dim') and hasattr(model, 'get_encoder') and hasattr(model, 'get_decoder')):
+        enc = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        hidden = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc[0], encoder_attention_mask=mask,
+                                     use_cache=False)[0][:, 0]
+        if model.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward (tied head)
+            hidden = hidden * (model.model_dim ** -0.5)
+        logits = F.linear(hidden, head.weight[[rel, nrel]], None if head.bias is None else head.bias[[rel, nrel]])
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).logits[:, 0, [rel, nrel]]
+    return F.log_softmax(logits.float(), dim=1)[:, 0].cpu().tolist()
+
+
+class _T5Mixin:
+    """Model loading, target ids and repr shared by MonoT5 and DuoT5."""
+
+    def _load(self, tok_model: Any, model: Any, device: Any, dtype: Any) -> None:
+        tokenizer = None if isinstance(model, tuple) else models.resolve_model_path(tok_model)
+        self.model, self.tokenizer = models.load_seq2seq_lm(model, device=device, dtype=dtype, tokenizer=tokenizer)
+        self.model_name = models.model_name(model)
+        self.tok_model = None if isinstance(model, tuple) else str(tok_model)
+        # pyterrier-t5: self.REL = tokenizer.encode('true')[0]; self.NREL = tokenizer.encode('false')[0]
+        self.REL = self.tokenizer.encode(TRUE_TOKEN)[0]
+        self.NREL = self.tokenizer.encode(FALSE_TOKEN)[0]
+        self.eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad = int(pad if pad is not None else (self.model.config.pad_token_id or 0))
+        # pyterrier-t5 uses config.n_positions (T5: 512) and falls back to 512 for mT5, whose config lacks it
+        self.max_length = int(getattr(self.model.config, 'n_positions', None) or 512)
+
+    def _repr_args(self) -> str:
+        return self.model_name
+
+    def _ids(self, texts: List[str]) -> List[List[int]]:
+        if not texts:
+            return []
+        return [_chop_eos(list(x), self.eos) for x in self.tokenizer(texts)['input_ids']]
+
+
+class MonoT5(_T5Mixin, PointwiseReranker):
+    """MonoT5 pointwise reranker: score = log P(``true``) against ``false`` after ``Query: q Document: d Relevant:``.
+
+    Nogueira, Jiang, Pradeep, Lin: "Document Ranking with a Pretrained Sequence-to-Sequence Model",
+    Findings of EMNLP 2020. Checkpoints: ``castorini/monot5-{small,base,large,3b}-msmarco[-10k]``.
+
+    The input is built as pyterrier-t5 does for one pair: the ids of ``MONOT5_TEMPLATE`` without EOS, cut
+    to ``n_positions - len(ids('Relevant:'))`` tokens (the document, at the end, loses its tail), then the
+    ids of ``Relevant:`` with EOS, which always survive. The decoder gets the start token and the score is
+    ``log_softmax(logits[true, false])[true]``. Scores equal pyterrier-t5's ``MonoT5ReRanker`` at
+    ``batch_size=1`` and do not depend on the batch size (see the module docstring).
+
+    Args:
+        tok_model: tokenizer name or folder (ignored when ``model`` is a ``(model, tokenizer)`` pair).
+        model: hub name, local folder or ``(model, tokenizer)`` pair.
+        batch_size: sequences per forward pass (sorted by length, so larger batches waste little padding).
+        text_field: column holding the document text.
+        device: ``'auto'`` (cuda if available), ``'cpu'``, ``'cuda:0'``, ... (``None``: auto, as pyterrier-t5).
+        verbose: show a progress bar over batches.
+        dtype: ``'auto'`` (bfloat16 on capable GPUs, float32 on the CPU), a ``torch.dtype`` or its name.
+
+    Example::
+
+        bm25 = pt.terrier.Retriever(index, wmodel='BM25') >> pt.text.get_text(dataset, 'text')
+        pipeline = bm25 % 100 >> MonoT5()
+    """
+
+    label = 'MonoT5'
+
+    def __init__(self, tok_model: Any = 't5-base', model: Any = 'castorini/monot5-base-msmarco', batch_size: int = 16,
+                 text_field: str = 'text', device: Any = 'auto', verbose: bool = False, dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
+        self._load(tok_model, model, device, dtype)
+        self.suffix = list(self.tokenizer(MONOT5_SUFFIX)['input_ids'])  # 'Relevant:' and EOS
+        self.max_prefix = self.max_length - len(self.suffix)
+
+    def encode(self, query: str, text: str) -> List[int]:
+        """Encoder input ids of one pair (what the model reads)."""
+        return self._encode_texts([query], [text])[0]
+
+    def _encode_texts(self, queries: Sequence[Any], texts: Sequence[Any]) -> List[List[int]]:
+        prompts = [MONOT5_TEMPLATE.format(q=q, d=d) for q, d in zip(queries, texts)]
+        return [ids[:self.max_prefix] + self.suffix for ids in self._ids(prompts)]
+
+    def _encode(self, inp: pd.DataFrame) -> List[List[int]]:
+        return self._encode_texts(inp['query'].tolist(), inp[self.text_field].tolist())
+
+    def _score_batch(self, items: List[List[int]]) -> Sequence[float]:
+        return t5_true_logprobs(self.model, items, self.REL, self.NREL, self.pad)
+
+
+class DuoT5(_T5Mixin, Reranker):
+    """DuoT5 pairwise reranker: every ordered pair of a query's documents is compared by the model.
+
+    Pradeep, Nogueira, Lin: "The Expando-Mono-Duo Design Pattern for Text Ranking with Pretrained
+    Sequence-to-Sequence Models", arXiv 2101.05667, 2021. Checkpoints: ``castorini/duot5-{base,3b}-msmarco[-10k]``.
+
+    The input of a pair is ``Query: q Document0: d0 Document1: d1 Relevant:``, built from the three parts
+    tokenized separately (EOS chopped) as pyterrier-t5 does; when the parts exceed
+    ``n_positions - len(ids('Relevant:'))``, ``ceil(excess / 2)`` tokens are cut from the end of each
+    document (per pair; pyterrier-t5 decides it per batch, on padded widths). With ``s`` the log-probability
+    of ``true`` (d0 more relevant than d1), the aggregation is pyterrier-t5's ``sum``:
+    ``score[d0] += s; score[d1] += 1 - s`` (mixing a log-probability with ``1 - s``, kept as is so that
+    figures match pyterrier-t5 and its regression tests). A query with ``n`` documents costs ``n (n - 1)``
+    sequences: rerank a short list (``% 10`` to ``% 50``), e.g. after MonoT5.
+
+    Pairs of a few queries at a time are sorted by length and scored in batches of ``batch_size``.
+
+    Args:
+        tok_model: tokenizer name or folder (ignored when ``model`` is a ``(model, tokenizer)`` pair).
+        model: hub name, local folder or ``(model, tokenizer)`` pair.
+        batch_size: pairs per forward pass.
+        text_field: column holding the document text.
+        device: ``'auto'`` (cuda if available), ``'cpu'``, ``'cuda:0'``, ... (``None``: auto).
+        verbose: show a progress bar over pairs.
+        agg: aggregation of pair scores; only ``'sum'`` (as pyterrier-t5).
+        dtype: ``'auto'``, a ``torch.dtype`` or its name.
+
+    Example::
+
+        pipeline = bm25 % 100 >> MonoT5() % 10 >> DuoT5()
+    """
+
+    label = 'DuoT5'
+
+    def __init__(self, tok_model: Any = 't5-base', model: Any = 'castorini/duot5-base-msmarco', batch_size: int = 16,
+                 text_field: str = 'text', device: Any = 'auto', verbose: bool = False, agg: str = 'sum',
+                 dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
+        if agg != 'sum':
+            raise ValueError("DuoT5 only supports agg='sum' (as pyterrier-t5)")
+        self.agg = agg
+        self._load(tok_model, model, device, dtype)
+        self.suffix = list(self.tokenizer(DUOT5_SUFFIX)['input_ids'])
+        self.max_prefix = self.max_length - len(self.suffix)
+        self.chunk_pairs = max(1024, 64 * batch_size)  # pairs encoded and sorted at once (bounds memory)
+
+    def pair_ids(self, query: List[int], doc0: List[int], doc1: List[int]) -> List[int]:
+        """Encoder input of one pair from the parts' ids (EOS chopped), trimmed as pyterrier-t5 does."""
+        excess = len(query) + len(doc0) + len(doc1) - self.max_prefix
+        if excess > 0:
+            cut = math.ceil(excess / 2)
+            doc0, doc1 = doc0[:-cut], doc1[:-cut]  # same as pyterrier-t5's text0[:, :-cut]
+        return query + doc0 + doc1 + self.suffix
+
+    def encode(self, query: str, text0: str, text1: str) -> List[int]:
+        """Encoder input ids of one pair (what the model reads)."""
+        q, = self._ids([DUOT5_QUERY_TEMPLATE.format(q=query)])
+        d0, = self._ids([DUOT5_DOC0_TEMPLATE.format(d=text0)])
+        d1, = self._ids([DUOT5_DOC1_TEMPLATE.format(d=text1)])
+        return self.pair_ids(q, d0, d1)
+
+    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+        groups = inp.groupby('qid', sort=True).indices  # qid -> row positions in input order, as pyterrier-t5
+        sizes = {qid: len(rows) for qid, rows in groups.items()}
+        big = max(sizes.values())
+        if big > DUOT5_WARN_DOCS:
+            warnings.warn(f'A large number of results per query was detected ({big}). Since DuoT5 is an O(n^2) '
+                          'operation, this will take a considerable amount of time to process. Consider first '
+                          'reducing the size of the results using the % operator.')
+        queries = inp['query'].tolist()
+        texts = inp[self.text_field].tolist()
+        docnos = inp['docno'].tolist()
+        scores: Dict[Tuple[Any, Any], float] = defaultdict(float)
+        total = sum(n * (n - 1) for n in sizes.values())
+        bar = pt.tqdm(total=total, desc=self.label, unit='pairs') if self.verbose else None
+        chunk: List[Tuple[Any, np.ndarray]] = []
+        n_chunk = 0
+        for qid, rows in groups.items():
+            chunk.append((qid, rows))
+            n_chunk += len(rows) * (len(rows) - 1)
+            if n_chunk >= self.chunk_pairs:
+                self._score_chunk(chunk, queries, texts, docnos, scores, bar)
+                chunk, n_chunk = [], 0
+        if chunk:
+            self._score_chunk(chunk, queries, texts, docnos, scores, bar)
+        if bar is not None:
+            bar.close()
+        qids = inp['qid'].tolist()
+        out = [scores[qid, docno] for qid, docno in zip(qids, docnos)]
+        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=np.asarray(out, dtype='float64'))
+
+    def _score_chunk(self, chunk: List[Tuple[Any, np.ndarray]], queries: List[Any], texts: List[Any],
+                     docnos: List[Any], scores: Dict[Tuple[Any, Any], float], bar: Any) -> None:
+        rows = np.concatenate([r for _, r in chunk])
+        d0 = dict(zip(rows.tolist(), self._ids([DUOT5_DOC0_TEMPLATE.format(d=texts[r]) for r in rows])))
+        d1 = dict(zip(rows.tolist(), self._ids([DUOT5_DOC1_TEMPLATE.format(d=texts[r]) for r in rows])))
+        qtexts = list(dict.fromkeys(queries[r] for r in rows))
+        q_ids = dict(zip(qtexts, self._ids([DUOT5_QUERY_TEMPLATE.format(q=q) for q in qtexts])))
+        pairs: List[Tuple[Any, int, int]] = []  # (qid, row0, row1) in pyterrier-t5's order (permutations)
+        seqs: List[List[int]] = []
+        for qid, qrows in chunk:
+            qrows = qrows.tolist()
+            for a in qrows:
+                q = q_ids[queries[a]]  # pyterrier-t5 reads the query of the pair's first row
+                for b in qrows:
+                    if a != b:
+                        pairs.append((qid, a, b))
+                        seqs.append(self.pair_ids(q, d0[a], d1[b]))
+        lengths = np.array([len(s) for s in seqs])
+        order = np.argsort(-lengths, kind='stable')
+        pair_scores = np.zeros(len(seqs), dtype='float64')
+        for i in range(0, len(order), self.batch_size):
+            batch = order[i:i + self.batch_size]
+            start = time.perf_counter()
+            pair_scores[batch] = t5_true_logprobs(self.model, [seqs[j] for j in batch], self.REL, self.NREL, self.pad)
+            self.stats.add_batch([pairs[j][0] for j in batch], lengths[batch], int(lengths[batch].max()),
+                                 time.perf_counter() - start)
+            if bar is not None:
+                bar.update(len(batch))
+        for (qid, a, b), s in zip(pairs, pair_scores.tolist()):  # pyterrier-t5's aggregation, in its order
+            scores[qid, docnos[a]] += s
+            scores[qid, docnos[b]] += 1 - s

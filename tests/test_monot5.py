@@ -1,0 +1,199 @@
+"""MonoT5 / DuoT5 against pyterrier-t5 on a tiny random T5 (real tokenizer) and real TREC DL 2019 passages."""
+import gzip
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pyterrier_llmrank.monot5 import DUOT5_SUFFIX, MONOT5_SUFFIX, DuoT5, MonoT5
+
+pyterrier_t5 = pytest.importorskip('pyterrier_t5')
+
+N_QUERIES, N_DOCS = 3, 10
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _read_dl19(folder, n_queries, n_docs):
+    run = pd.read_csv(folder / 'runs' / 'bm25.run', sep=r'\s+', names=['qid', 'Q0', 'docno', 'rank', 'score', 'tag'],
+                      dtype={'qid': str, 'docno': str})
+    topics = pd.read_csv(folder / 'topics.tsv', sep='\t', names=['qid', 'query'], dtype=str)
+    qids = topics['qid'].tolist()[:n_queries]
+    run = run[run['qid'].isin(qids) & (run['rank'] <= n_docs)]
+    need = set(run['docno'])
+    texts = {}
+    with gzip.open(folder / 'docs.jsonl.gz', 'rt', encoding='utf-8') as f:
+        for line in f:
+            d = json.loads(line)
+            if d['docno'] in need:
+                texts[d['docno']] = d['text']
+    out = run.merge(topics, on='qid')[['qid', 'query', 'docno', 'score']]
+    out['text'] = out['docno'].map(texts)
+    return out.reset_index(drop=True)
+
+
+@pytest.fixture(scope='module')
+def dl19(data_dir):
+    """3 DL19 queries x BM25 top-10 passages, plus one long document (> 512 tokens) for the first query."""
+    inp = _read_dl19(data_dir / 'msmarco-passage-trec-dl-2019', N_QUERIES, N_DOCS)
+    first = inp.iloc[0]
+    long_doc = pd.DataFrame([{'qid': first['qid'], 'query': first['query'], 'docno': 'LONG', 'score': 0.0,
+                              'text': ' '.join(inp['text'].tolist()[:12])}])
+    return pd.concat([inp, long_doc], ignore_index=True)
+
+
+@pytest.fixture(scope='module')
+def reference_mono(tiny_t5, dl19):
+    """pyterrier-t5's MonoT5ReRanker at batch size 1 (its only batch-independent setting)."""
+    ref = pyterrier_t5.MonoT5ReRanker(tok_model=tiny_t5.path, model=tiny_t5.path, batch_size=1, verbose=False)
+    return ref(dl19)
+
+
+def _by_key(res):
+    return res.set_index(['qid', 'docno']).sort_index()
+
+
+def test_monot5_equals_pyterrier_t5(tiny_t5, dl19, reference_mono):
+    ours = MonoT5(model=tiny_t5.pair, batch_size=8)(dl19)
+    a, b = _by_key(ours), _by_key(reference_mono)
+    assert len(a) == len(dl19)
+    np.testing.assert_allclose(a['score'].values, b['score'].values, atol=1e-5, rtol=0)
+    assert (a['rank'] == b['rank']).all()
+    assert a['score'].std() > 1e-3  # the random model does separate the passages
+
+
+def test_monot5_by_path_equals_pair(tiny_t5, dl19, reference_mono):
+    ours = MonoT5(tok_model=tiny_t5.path, model=tiny_t5.path, batch_size=4, device='cpu', dtype='float32')(dl19)
+    np.testing.assert_allclose(_by_key(ours)['score'].values, _by_key(reference_mono)['score'].values, atol=1e-5, rtol=0)
+
+
+def test_monot5_scores_do_not_depend_on_batch_size(tiny_t5, dl19):
+    runs = [_by_key(MonoT5(model=tiny_t5.pair, batch_size=bs)(dl19)) for bs in (1, 3, 8)]
+    for other in runs[1:]:
+        np.testing.assert_allclose(other['score'].values, runs[0]['score'].values, atol=1e-5, rtol=0)
+        assert (other['rank'] == runs[0]['rank']).all()
+
+
+def test_pyterrier_t5_depends_on_batch_size(tiny_t5, dl19, reference_mono):
+    """Why the reference is taken at batch size 1: pyterrier-t5 appends 'Relevant:' after the padding of the
+    shorter sequences of a batch, so a pair's score changes with its batch mates."""
+    ref4 = pyterrier_t5.MonoT5ReRanker(tok_model=tiny_t5.path, model=tiny_t5.path, batch_size=4, verbose=False)(dl19)
+    diff = np.abs(_by_key(ref4)['score'].values - _by_key(reference_mono)['score'].values)
+    assert diff.max() > 1e-4
+
+
+def test_monot5_truncates_the_document_and_keeps_the_suffix(tiny_t5, dl19):
+    mono = MonoT5(model=tiny_t5.pair)
+    suffix = tiny_t5.tokenizer(MONOT5_SUFFIX)['input_ids']
+    assert suffix[-1] == tiny_t5.tokenizer.eos_token_id
+    query = dl19['query'].iloc[0]
+    long_ids = mono.encode(query, dl19['text'].iloc[-1])
+    assert len(long_ids) == tiny_t5.model.config.n_positions == 512
+    assert long_ids[-len(suffix):] == suffix
+    prefix = tiny_t5.tokenizer(f'Query: {query} Document:')['input_ids'][:-1]
+    assert long_ids[:len(prefix)] == prefix  # the query is kept, the document's tail is cut
+    short_ids = mono.encode(query, 'a short passage')
+    assert short_ids == tiny_t5.tokenizer(f'Query: {query} Document: a short passage')['input_ids'][:-1] + suffix
+
+
+@pytest.fixture(scope='module')
+def duo_input(dl19):
+    """3 queries x 5 passages; the first query's group holds the long document (trimmed per pair)."""
+    first = dl19['qid'].iloc[0]
+    short = dl19[dl19['docno'] != 'LONG']
+    parts = [short[short['qid'] == first].head(4), dl19[dl19['docno'] == 'LONG'],
+             short[short['qid'] != first].groupby('qid', sort=False).head(5)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_duot5_equals_pyterrier_t5(tiny_t5, duo_input):
+    ref = pyterrier_t5.DuoT5ReRanker(tok_model=tiny_t5.path, model=tiny_t5.path, batch_size=1, verbose=False)(duo_input)
+    duo = DuoT5(model=tiny_t5.pair, batch_size=8)
+    ours = duo(duo_input)
+    a, b = _by_key(ours), _by_key(ref)
+    assert len(a) == len(duo_input) == 15
+    np.testing.assert_allclose(a['score'].values, b['score'].values, atol=1e-5, rtol=0)
+    assert (a['rank'] == b['rank']).all()
+    # ... and at another batch size
+    ours3 = _by_key(DuoT5(model=tiny_t5.pair, batch_size=3)(duo_input))
+    np.testing.assert_allclose(ours3['score'].values, a['score'].values, atol=1e-5, rtol=0)
+    # n (n - 1) sequences per query, sorted in batches of 8 across queries
+    per_q = duo.stats.per_query().set_index('qid')
+    assert per_q['sequences'].tolist() == [20.0] * 3
+    assert per_q['model_calls'].sum() == pytest.approx(np.ceil(60 / 8))
+    # too long: ceil(excess / 2) tokens cut from each document (one more than needed when excess is odd)
+    long_pair = duo.encode(duo_input['query'].iloc[0], 'x ' * 400, 'y ' * 401)
+    assert long_pair[-3:] == tiny_t5.tokenizer(DUOT5_SUFFIX)['input_ids']
+    assert len(long_pair) in (511, 512)
+
+
+def test_duot5_single_document_and_many_documents(tiny_t5):
+    duo = DuoT5(model=tiny_t5.pair, batch_size=64)
+    one = pd.DataFrame({'qid': ['1'], 'query': ['q'], 'docno': ['d'], 'text': ['t']})
+    assert duo(one)['score'].tolist() == [0.0]  # no pair: pyterrier-t5's score
+    many = pd.DataFrame({'qid': '1', 'query': 'flea life cycle', 'docno': [f'd{i}' for i in range(51)],
+                         'text': [f'passage {i}' for i in range(51)]})
+    with pytest.warns(UserWarning, match='large number of results'):
+        res = duo(many)
+    assert len(res) == 51 and res['rank'].tolist() != []
+
+
+@pytest.mark.parametrize('cls', [MonoT5, DuoT5])
+def test_empty_input(tiny_t5, cls):
+    empty = pd.DataFrame({'qid': pd.Series(dtype=str), 'query': pd.Series(dtype=str),
+                          'docno': pd.Series(dtype=str), 'text': pd.Series(dtype=str)})
+    res = cls(model=tiny_t5.pair)(empty)
+    assert len(res) == 0
+    assert {'qid', 'query', 'docno', 'text', 'score', 'rank'} <= set(res.columns)
+
+
+@pytest.mark.parametrize('cls', [MonoT5, DuoT5])
+def test_missing_column_is_named(tiny_t5, dl19, cls):
+    with pytest.raises(Exception, match='text'):
+        cls(model=tiny_t5.pair)(dl19.drop(columns=['text']))
+    with pytest.raises(Exception, match='body'):
+        cls(model=tiny_t5.pair, text_field='body')(dl19)
+
+
+@pytest.mark.parametrize('cls', [MonoT5, DuoT5])
+def test_extra_columns_kept_and_ranked(tiny_t5, dl19, cls):
+    inp = dl19.groupby('qid').head(4).assign(extra=lambda d: 'x' + d['docno'])
+    res = cls(model=tiny_t5.pair, verbose=True)(inp)
+    assert (res['extra'] == 'x' + res['docno']).all()
+    assert len(res) == len(inp)
+    for _, g in res.groupby('qid'):
+        g = g.sort_values('rank')
+        assert g['rank'].tolist() == list(range(len(g)))
+        assert g['score'].is_monotonic_decreasing
+
+
+def test_monot5_stats_count_sequences(tiny_t5, dl19):
+    mono = MonoT5(model=tiny_t5.pair, batch_size=8)
+    mono(dl19)
+    per_q = mono.stats.per_query().set_index('qid')
+    counts = dl19.groupby('qid').size()
+    assert per_q.loc[counts.index, 'sequences'].tolist() == counts.astype(float).tolist()
+    assert per_q['model_calls'].sum() == pytest.approx(np.ceil(len(dl19) / 8))
+    assert per_q['input_tokens'].sum() == sum(len(mono.encode(q, t)) for q, t in zip(dl19['query'], dl19['text']))
+
+
+def test_repr_and_schematic(tiny_t5):
+    mono = MonoT5(tok_model=tiny_t5.path, model=tiny_t5.path)
+    assert repr(mono) == f'MonoT5({tiny_t5.path})'
+    assert str(DuoT5(tok_model=tiny_t5.path, model=tiny_t5.path)) == f'DuoT5({tiny_t5.path})'
+    assert repr(MonoT5(model=tiny_t5.pair)) == f'MonoT5({tiny_t5.path})'
+    assert mono.schematic['label'] == 'MonoT5' and DuoT5.label == 'DuoT5'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with pytest.raises(ValueError):
+            DuoT5(model=tiny_t5.pair, agg='max')
