@@ -49,9 +49,10 @@ class UPR(PointwiseReranker):
       decoder labels ``"Question: {query}"`` with EOS (at most 128 tokens); score = sum of the label tokens'
       log-probabilities (``reduce='mean'``: their mean).
     * ``kind='causal'`` (decoder-only LMs, as ``upr_gpt.py``): the same passage text as context, then
-      ``"Question: {query}"`` and EOS scored as its continuation. With ``chat=True`` (the default when the
-      tokenizer has a chat template) the passage text is the user turn and ``"Question: {query}"`` plus the
-      end-of-turn token the assistant's answer.
+      ``"Question: {query}"`` and EOS scored as its continuation (the default, the reference's form). With
+      ``chat=True`` the passage text is the user turn of the tokenizer's chat template and
+      ``"Question: {query}"`` plus the end-of-turn token the assistant's answer. On TREC DL 2019 (BM25
+      top-20, SmolLM2-135M-Instruct) the plain form scored nDCG@10 0.572 and the chat form 0.552.
 
     Unlike the reference, which truncates the whole encoder input to 512 tokens (cutting the instruction of
     long passages), only the passage text is cut: the head, instruction and question are always kept. When a
@@ -62,7 +63,7 @@ class UPR(PointwiseReranker):
         model: a hub name / local path / short name, or a ``(model, tokenizer)`` pair.
             Default ``google/t5-base-lm-adapt`` (the paper's T5 family).
         kind: ``'seq2seq'``, ``'causal'`` or ``'auto'`` (from the model's config).
-        chat: causal form only: wrap the prompt in the tokenizer's chat template (``None``: when it has one).
+        chat: causal form only: wrap the prompt in the tokenizer's chat template (default ``False``).
         reduce: ``'sum'`` (default, as the reference code) or ``'mean'`` over label tokens.
         max_passage_tokens: budget of the passage prompt (head + passage + instruction), 512 as the reference.
         max_query_tokens: budget of the label (question) tokens, 128 as the reference.
@@ -73,7 +74,7 @@ class UPR(PointwiseReranker):
 
     label = 'UPR'
 
-    def __init__(self, model: Any = 'google/t5-base-lm-adapt', *, kind: str = 'auto', chat: Optional[bool] = None,
+    def __init__(self, model: Any = 'google/t5-base-lm-adapt', *, kind: str = 'auto', chat: bool = False,
                  reduce: str = 'sum', max_passage_tokens: int = 512, max_query_tokens: int = 128,
                  title_field: str = 'title', text_field: str = 'text', batch_size: int = 16, verbose: bool = False,
                  device: Any = 'auto', dtype: Any = 'auto') -> None:
@@ -100,8 +101,6 @@ class UPR(PointwiseReranker):
         self.pad = pad_id(self.tokenizer)
         self._pre, self._post = _special_split(self.tokenizer)
         if kind == 'causal':
-            if chat is None:
-                chat = bool(getattr(self.tokenizer, 'chat_template', None))
             self.chat = chat
             if chat:
                 before, after, end = chat_parts(self.tokenizer)

@@ -39,8 +39,8 @@ def test_prompt_text_golden(smollm2):
 
 
 def test_chat_prompt_golden(smollm2):
-    upr = UPR(smollm2)  # SmolLM2 has a chat template: chat form by default
-    assert upr.chat
+    assert not UPR(smollm2).chat  # the reference's plain form by default
+    upr = UPR(smollm2, chat=True)
     ctx, label = upr._encode(frame()[:1])[0]
     assert upr.tokenizer.decode(ctx + label) == (
         '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
