@@ -1,0 +1,556 @@
+"""The generation layer of the generative rerankers: chat prompts in, text out, with token and time accounts.
+
+Three backends share one interface (:class:`GenerationBackend`):
+
+* :class:`HFGenerationBackend` -- Hugging Face ``model.generate`` over batches of prompts (left padding, greedy by
+  default, ``max_new_tokens``, stops at EOS or the chat template's end-of-turn token);
+* :class:`VLLMBackend` -- vLLM's offline ``LLM.generate`` when vLLM is installed (optional: ``pip install vllm``);
+* :class:`ScriptedBackend` -- a deterministic stand-in that answers from a list, a table or a function and records
+  every prompt it received, for exact tests of the ranking algorithms.
+
+:class:`GenerativeReranker` is the base of the rerankers that generate text (:mod:`~pyterrier_llmrank.listwise`,
+:mod:`~pyterrier_llmrank.setwise`). Each query's algorithm is a Python generator that yields a prompt and receives
+the model's answer; the base runs the generators of all queries in lock-step, so that the prompts that are
+ready at the same time (one window or one comparison per query) go to the backend together, in batches of
+``batch_size``. The result of a query does not depend on the other queries of the frame.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pyterrier_llmrank import models
+from pyterrier_llmrank._base import Reranker
+from pyterrier_llmrank._causal import chat_parts, left_pad, pad_id
+
+__all__ = ['ChatPrompt', 'Generation', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend', 'ScriptedBackend',
+           'resolve_backend', 'GenerativeReranker', 'sliding_windows', 'parse_permutation', 'truncate_tokens',
+           'cut_words']
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """One chat prompt: a list of ``{'role', 'content'}`` messages, and text that starts the assistant's answer.
+
+    ``prefix`` is appended after the chat template's generation prompt (e.g. ``' Passage:'`` in Setwise) and is
+    part of the prompt, not of the generated text.
+    """
+
+    messages: Tuple[Tuple[str, str], ...]
+    prefix: str = ''
+
+    @classmethod
+    def of(cls, messages: Sequence[Mapping[str, str]], prefix: str = '') -> 'ChatPrompt':
+        """Build from a list of message dicts."""
+        return cls(tuple((m['role'], m['content']) for m in messages), prefix)
+
+    def as_dicts(self) -> List[Dict[str, str]]:
+        """The messages as the ``[{'role': ..., 'content': ...}]`` list chat templates take."""
+        return [{'role': r, 'content': c} for r, c in self.messages]
+
+    @property
+    def last_user(self) -> str:
+        """Content of the last user message."""
+        return next(c for r, c in reversed(self.messages) if r == 'user')
+
+    def render(self, tokenizer: Any = None) -> str:
+        """The prompt as text: the tokenizer's chat template when given, else ``role: content`` lines."""
+        if tokenizer is not None:
+            if not getattr(tokenizer, 'chat_template', None):
+                raise ValueError('the tokenizer has no chat template; generative rerankers need a chat (instruct) '
+                                 'model')
+            text = tokenizer.apply_chat_template(self.as_dicts(), tokenize=False, add_generation_prompt=True)
+            return text + self.prefix
+        return ''.join(f'{r}: {c}\n' for r, c in self.messages) + 'assistant:' + self.prefix
+
+
+@dataclass
+class Generation:
+    """The answer to one prompt, with its share of the cost of the batch that produced it.
+
+    Attributes:
+        text: generated text (special tokens and the stop token removed).
+        prompt_tokens: tokens of the prompt (no padding).
+        generated_tokens: tokens generated, the stop token included.
+        padded_tokens: prompt width of the batch (the prompt plus its left padding).
+        seconds: the batch's wall-clock time shared in proportion to each prompt's tokens.
+        calls: the share of one ``generate`` call (1 / prompts in the batch).
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+    calls: float = 1.0
+
+
+def _share(gens: List[Generation], seconds: float) -> None:
+    tot = float(sum(g.prompt_tokens + g.generated_tokens for g in gens)) or 1.0
+    for g in gens:
+        g.seconds = seconds * (g.prompt_tokens + g.generated_tokens) / tot
+        g.calls = 1.0 / len(gens)
+
+
+class GenerationBackend:
+    """Interface of a text generator for chat prompts.
+
+    Subclasses implement :meth:`generate`. ``tokenizer`` (or ``None``) is used by the rerankers to truncate
+    passages in tokens; ``batch_size`` is the most prompts per model call.
+    """
+
+    tokenizer: Any = None
+    batch_size: int = 8
+    name: str = 'backend'
+
+    def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:
+        """Generate an answer to every prompt, in order.
+
+        Args:
+            prompts: the chat prompts.
+            max_new_tokens: the most tokens generated per prompt.
+            temperature: 0 (the default) decodes greedily; above 0 samples with ``top_p``.
+            top_p: nucleus sampling mass when sampling.
+            seed: seed of the sampler (used only when sampling).
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.name!r})'
+
+
+class HFGenerationBackend(GenerationBackend):
+    """Hugging Face ``generate`` over batches of chat prompts.
+
+    Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``), tokenized without
+    added special tokens (the template writes them), sorted by length and left-padded in batches of
+    ``batch_size``; position ids follow the attention mask, so a prompt's answer does not depend on its batch
+    (up to floating-point noise). Generation stops at the EOS token(s) of the model and at the chat template's
+    end-of-turn token.
+
+    Args:
+        model: hub name / local folder / short name (``smollm2-135m-instruct``) or a ``(model, tokenizer)`` pair.
+        batch_size: the most prompts per ``generate`` call.
+        device, dtype: see :mod:`pyterrier_llmrank.models`.
+    """
+
+    def __init__(self, model: Any = 'smollm2-135m-instruct', *, batch_size: int = 8, device: Any = 'auto',
+                 dtype: Any = 'auto') -> None:
+        if batch_size < 1:
+            raise ValueError('batch_size must be >= 1')
+        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
+        self.name = models.model_name(model)
+        self.batch_size = batch_size
+        self.pad = pad_id(self.tokenizer)
+        stops = set()
+        for src in (getattr(self.model, 'generation_config', None), self.tokenizer):
+            eos = getattr(src, 'eos_token_id', None)
+            if eos is not None:
+                stops.update([eos] if isinstance(eos, int) else list(eos))
+        if getattr(self.tokenizer, 'chat_template', None):
+            end = chat_parts(self.tokenizer)[2]
+            end_ids = self.tokenizer(end, add_special_tokens=False)['input_ids']
+            if end_ids:
+                stops.add(end_ids[0])
+        self.stop_ids = sorted(int(s) for s in stops)
+
+    def encode(self, prompt: ChatPrompt) -> List[int]:
+        """Token ids of a prompt (chat template + prefix)."""
+        return self.tokenizer(prompt.render(self.tokenizer), add_special_tokens=False)['input_ids']
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # noqa: D102
+        out: List[Optional[Generation]] = [None] * len(prompts)
+        if not prompts:
+            return []
+        seqs = [self.encode(p) for p in prompts]
+        order = np.argsort([-len(s) for s in seqs], kind='stable')
+        dev = next(self.model.parameters()).device
+        kwargs: Dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.pad, eos_token_id=self.stop_ids)
+        if temperature and temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        stops = set(self.stop_ids)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            batch = [seqs[i] for i in idx]
+            ids, mask, _ = left_pad(batch, self.pad, dev)
+            if kwargs['do_sample'] and seed is not None:
+                torch.manual_seed(seed + b)
+            start = time.perf_counter()
+            res = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            seconds = time.perf_counter() - start
+            new = res[:, ids.shape[1]:].tolist()
+            gens = []
+            for i, toks in zip(idx, new):
+                n = len(toks)
+                for j, t in enumerate(toks):
+                    if t in stops:
+                        n = j + 1
+                        break
+                text_ids = [t for t in toks[:n] if t not in stops]
+                g = Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=len(seqs[i]),
+                               generated_tokens=n, padded_tokens=ids.shape[1])
+                out[i] = g
+                gens.append(g)
+            _share(gens, seconds)
+        return out  # type: ignore[return-value]
+
+
+class VLLMBackend(GenerationBackend):
+    """vLLM offline inference (optional: ``pip install vllm``; needs a GPU).
+
+    Prompts are rendered with the tokenizer's chat template exactly as :class:`HFGenerationBackend` does (so that a
+    ``prefix`` such as Setwise's ``' Passage:'`` can follow the generation prompt) and passed to ``LLM.generate`` as
+    text; vLLM schedules the whole list at once (``batch_size`` only limits how many prompts one call submits).
+    Greedy by default (``temperature=0``), as the Rank-R1 reference code.
+
+    Args:
+        model: a hub name or local folder, or an already built ``vllm.LLM``.
+        batch_size: prompts submitted per ``LLM.generate`` call.
+        **llm_kwargs: passed to ``vllm.LLM`` (e.g. ``dtype``, ``max_model_len``, ``enable_lora``).
+
+    Raises:
+        ImportError: when vLLM is not installed.
+    """
+
+    def __init__(self, model: Any, *, batch_size: int = 1024, **llm_kwargs: Any) -> None:
+        try:
+            import vllm
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError('VLLMBackend needs vLLM: pip install vllm (a CUDA machine is required); '
+                              'or use HFGenerationBackend') from e
+        self._vllm = vllm
+        if isinstance(model, vllm.LLM):
+            self.llm = model
+        else:
+            self.llm = vllm.LLM(model=models.resolve_model_path(model), **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.name = str(model) if not isinstance(model, vllm.LLM) else 'vllm.LLM'
+        self.batch_size = batch_size
+
+    def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # pragma: no cover - needs vLLM
+        params = self._vllm.SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                           max_tokens=max_new_tokens, seed=seed if temperature > 0 else None)
+        result: List[Generation] = []
+        for b in range(0, len(prompts), self.batch_size):
+            texts = [p.render(self.tokenizer) for p in prompts[b:b + self.batch_size]]
+            start = time.perf_counter()
+            outs = self.llm.generate(texts, params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            gens = [Generation(o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
+                               generated_tokens=len(o.outputs[0].token_ids), padded_tokens=len(o.prompt_token_ids))
+                    for o in outs]
+            _share(gens, seconds)
+            result.extend(gens)
+        return result
+
+
+Answer = Union[Callable[[ChatPrompt], str], Sequence[str], Mapping[str, str]]
+
+
+class ScriptedBackend(GenerationBackend):
+    """A deterministic backend for tests: answers from a function, a list or a table, and records every prompt.
+
+    Args:
+        answer: a function ``ChatPrompt -> str`` (its exceptions propagate), a list of answers given in turn
+            (an ``IndexError`` when it runs out), or a mapping from the last user message of a prompt to its answer
+            (a ``KeyError`` for an unknown prompt).
+        tokenizer: optional; when given, it truncates passages and counts prompt tokens (with its chat template),
+            otherwise tokens are whitespace-separated words.
+        batch_size: prompts per simulated call.
+
+    Attributes:
+        prompts: every prompt received, in order.
+        batches: the prompts of each simulated call.
+        settings: the decoding settings of each :meth:`generate` call (``max_new_tokens``, ``temperature``,
+            ``top_p``, ``seed``).
+    """
+
+    name = 'scripted'
+
+    def __init__(self, answer: Answer, *, tokenizer: Any = None, batch_size: int = 8) -> None:
+        self.answer = answer
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.prompts: List[ChatPrompt] = []
+        self.batches: List[List[ChatPrompt]] = []
+        self.settings: List[Dict[str, Any]] = []
+        self._next = 0
+
+    def _answer(self, prompt: ChatPrompt) -> str:
+        if callable(self.answer):
+            return self.answer(prompt)
+        if isinstance(self.answer, Mapping):
+            return self.answer[prompt.last_user]
+        text = self.answer[self._next]
+        self._next += 1
+        return text
+
+    def _count(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False)['input_ids'])
+        return len(text.split())
+
+    def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # noqa: D102
+        self.settings.append(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
+        out: List[Generation] = []
+        for b in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[b:b + self.batch_size])
+            self.batches.append(chunk)
+            start = time.perf_counter()
+            gens = []
+            for p in chunk:
+                self.prompts.append(p)
+                text = self._answer(p)
+                n = self._count(p.render(self.tokenizer))
+                gens.append(Generation(text, prompt_tokens=n, generated_tokens=self._count(text), padded_tokens=n))
+            _share(gens, time.perf_counter() - start)
+            out.extend(gens)
+        return out
+
+
+def resolve_backend(model: Any, *, batch_size: int = 8, device: Any = 'auto', dtype: Any = 'auto') -> GenerationBackend:
+    """A backend object as given, else an :class:`HFGenerationBackend` over the model name/path/pair."""
+    if isinstance(model, GenerationBackend):
+        return model
+    return HFGenerationBackend(model, batch_size=batch_size, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers shared by the generative rerankers
+
+
+def cut_words(text: Any, n: int) -> str:
+    """The first ``n`` whitespace-separated words of ``text``, joined by single spaces (RankGPT's 300-word cut)."""
+    text = text if isinstance(text, str) else ''
+    return ' '.join(text.strip().split()[:n])
+
+
+def truncate_tokens(tokenizer: Any, text: Any, n: Optional[int]) -> str:
+    """The first ``n`` tokens of ``text`` turned back into a string, as llm-rankers' ``truncate``.
+
+    Without a tokenizer (scripted tests) the first ``n`` words are kept. ``n=None`` keeps everything.
+    """
+    text = text if isinstance(text, str) else ''
+    if n is None:
+        return text
+    if tokenizer is None:
+        return ' '.join(text.split()[:n])
+    toks = tokenizer.tokenize(text)
+    if len(toks) <= n:
+        return text
+    return tokenizer.convert_tokens_to_string(toks[:n])
+
+
+def sliding_windows(n: int, window: int, step: int) -> List[Tuple[int, int]]:
+    """Windows ``[start, end)`` over the top ``n`` documents, from the bottom of the list to the top.
+
+    As RankGPT's ``sliding_windows``: the first window is ``[n - window, n)``, each next one ``step`` higher, while
+    its start is >= 0 (``n=100, window=20, step=10`` gives 9 windows, ``[80, 100)`` ... ``[0, 20)``). Two cases the
+    reference leaves out are covered: ``n <= window`` gives the single window ``[0, n)``, and when the last window
+    does not start at 0 (``(n - window) % step != 0``) a final window ``[0, window)`` is added so that the top
+    documents are ranked too (the reference would never show them to the model).
+    """
+    if window < 1 or step < 1:
+        raise ValueError('window and step must be >= 1')
+    if n <= 0:
+        return []
+    if n <= window:
+        return [(0, n)]
+    out = []
+    end, start = n, n - window
+    while start >= 0:
+        out.append((start, end))
+        end -= step
+        start -= step
+    if out[-1][0] > 0:
+        out.append((0, window))
+    return out
+
+
+def parse_permutation(text: str, n: int) -> Tuple[List[int], str]:
+    """RankGPT's permutation parser and repair, returning 0-based positions and a status.
+
+    Rule (sunnweiwei/RankGPT ``rank_gpt.py``, ``clean_response`` / ``receive_permutation``): every non-digit becomes
+    a space; the numbers are read as 1-based identifiers; duplicates are removed (first occurrence kept); ids
+    outside ``1..n`` are dropped; the ids never mentioned are appended in their original order.
+
+    Returns:
+        ``(order, status)``: ``status`` is ``'ok'`` when the answer named every id exactly once and nothing else,
+        ``'unparsable'`` when it named no valid id at all (the window keeps its order), ``'repaired'`` otherwise.
+    """
+    nums = [int(x) - 1 for x in ''.join(c if c.isdigit() else ' ' for c in text).split()]
+    seen: List[int] = []
+    for x in nums:
+        if x not in seen:
+            seen.append(x)
+    valid = [x for x in seen if 0 <= x < n]
+    order = valid + [x for x in range(n) if x not in valid]
+    if not valid:
+        status = 'unparsable'
+    elif len(nums) == n and len(valid) == n:
+        status = 'ok'
+    else:
+        status = 'repaired'
+    return order, status
+
+
+# the algorithm of one query: yields prompts, receives generations, returns the reranked order (row positions)
+Algorithm = Generator[ChatPrompt, Generation, List[int]]
+
+
+@dataclass
+class _QueryState:
+    qid: Any
+    query: str
+    rows: List[int]                       # row positions of the frame, in first-stage order
+    texts: List[str]
+    docnos: List[str]
+    rng: random.Random
+    calls: int = 0
+    trace: List[Dict[str, Any]] = field(default_factory=list)
+
+
+class GenerativeReranker(Reranker):
+    """Base of the rerankers that generate text (listwise and setwise).
+
+    Subclasses implement :meth:`_algorithm`, a generator over one query that yields :class:`ChatPrompt` objects,
+    receives the :class:`Generation` for each, records what it parsed with :meth:`_record` and returns the new
+    order of the documents it ranked (positions in the query's first-stage list; positions it does not return
+    keep their first-stage order beneath them). The output score is ``-rank``.
+
+    First-stage order: by ``rank`` when the input has it, else by descending ``score``, else the input order.
+
+    After a run, ``stats`` (an :class:`~pyterrier_llmrank.EfficiencyStats`) holds per query ``model_calls``
+    (``generate`` calls, shared among the prompts of a batch), ``sequences`` (prompts, i.e. LLM calls in the
+    papers' sense), ``input_tokens`` (prompt tokens), ``generated_tokens``, ``seconds``, ``repaired`` and
+    ``unparsable``; :meth:`trace` gives each prompt's raw answer (the model's reasoning included) and what was
+    read from it.
+    """
+
+    label = 'Generative'
+
+    def __init__(self, model: Any, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 929, text_field: str = 'text', batch_size: int = 8, verbose: bool = False,
+                 device: Any = 'auto', dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
+        if max_new_tokens < 1:
+            raise ValueError('max_new_tokens must be >= 1')
+        self.backend = resolve_backend(model, batch_size=batch_size, device=device, dtype=dtype)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self._traces: List[Dict[str, Any]] = []
+
+    # -- to implement -------------------------------------------------------------------------------------------
+
+    def _algorithm(self, st: _QueryState) -> Algorithm:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The backend's tokenizer (``None`` for a scripted backend without one)."""
+        return self.backend.tokenizer
+
+    def _record(self, st: _QueryState, kind: str, positions: Sequence[int], gen: Generation, answer: Any,
+                status: str) -> None:
+        st.calls += 1
+        st.trace.append({'qid': st.qid, 'call': st.calls, 'kind': kind,
+                         'docnos': [st.docnos[p] for p in positions], 'output': gen.text, 'answer': answer,
+                         'status': status})
+        self.stats.add(st.qid, repaired=float(status == 'repaired'), unparsable=float(status == 'unparsable'))
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def trace(self) -> pd.DataFrame:
+        """Every prompt answered so far, one row each: ``qid``, ``call`` (1-based per query and run), ``kind``,
+        ``docnos`` (in the order shown to the model), ``output`` (the raw generated text, reasoning included),
+        ``answer`` (what was read from it) and ``status`` (``ok``, ``repaired`` or ``unparsable``)."""
+        return pd.DataFrame(self._traces, columns=['qid', 'call', 'kind', 'docnos', 'output', 'answer', 'status'])
+
+    def reset(self) -> None:
+        """Forget the efficiency counters and traces of earlier runs."""
+        self.stats.reset()
+        self._traces.clear()
+
+    # -- driver -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _first_stage_order(df: pd.DataFrame) -> np.ndarray:
+        if 'rank' in df.columns:
+            return np.argsort(df['rank'].to_numpy(), kind='stable')
+        if 'score' in df.columns:
+            return np.argsort(-df['score'].to_numpy(dtype='float64'), kind='stable')
+        return np.arange(len(df))
+
+    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+        states: List[_QueryState] = []
+        for qid, grp in inp.groupby('qid', sort=False):
+            rows = grp.index.to_numpy()[self._first_stage_order(grp)].tolist()
+            states.append(_QueryState(qid=qid, query=str(grp['query'].iloc[0]), rows=rows,
+                                      texts=[inp.at[r, self.text_field] for r in rows],
+                                      docnos=[str(inp.at[r, 'docno']) for r in rows] if 'docno' in inp.columns
+                                      else [str(r) for r in rows], rng=random.Random(self.seed)))
+            self.stats.add(qid, repaired=0.0, unparsable=0.0)
+        before = self.stats.per_query().set_index('qid')
+        orders: Dict[int, List[int]] = {}
+        pending: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
+        for i, st in enumerate(states):
+            algo = self._algorithm(st)
+            try:
+                pending[i] = (algo, next(algo))
+            except StopIteration as stop:
+                orders[i] = stop.value
+        rounds = 0
+        while pending:
+            keys = list(pending)
+            gens = self.backend.generate([pending[k][1] for k in keys], self.max_new_tokens,
+                                         temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+            rounds += 1
+            nxt: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
+            for k, g in zip(keys, gens):
+                st = states[k]
+                self.stats.add(st.qid, model_calls=g.calls, sequences=1, input_tokens=g.prompt_tokens,
+                               padded_tokens=g.padded_tokens, generated_tokens=g.generated_tokens, seconds=g.seconds)
+                algo = pending[k][0]
+                try:
+                    nxt[k] = (algo, algo.send(g))
+                except StopIteration as stop:
+                    orders[k] = stop.value
+            pending = nxt
+        scores = np.zeros(len(inp), dtype='float64')
+        for i, st in enumerate(states):
+            order = list(orders[i])
+            seen = set(order)
+            order += [p for p in range(len(st.rows)) if p not in seen]
+            for rank, p in enumerate(order):
+                scores[st.rows[p]] = -(rank + 1.0)
+            self._traces.extend(st.trace)
+        if self.verbose:
+            self._print_summary(before, [st.qid for st in states])
+        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+
+    def _print_summary(self, before: pd.DataFrame, qids: List[Any]) -> None:
+        after = self.stats.per_query().set_index('qid').loc[qids]
+        diff = after.sub(before.reindex(after.index).fillna(0.0), fill_value=0.0)
+        n = len(diff)
+        calls = diff['sequences'].sum()
+        print(f'{self!r}: {n} queries, {calls / n:.1f} LLM calls/query ({diff["model_calls"].sum() / n:.1f} generate '
+              f'calls), {diff["input_tokens"].sum() / n:.0f} prompt + {diff["generated_tokens"].sum() / n:.0f} '
+              f'generated tokens/query, {diff["seconds"].sum() / n:.2f} s/query, repaired {int(diff["repaired"].sum())}'
+              f'/{int(calls)}, unparsable {int(diff["unparsable"].sum())}/{int(calls)}')
