@@ -5,11 +5,12 @@ from pyterrier_llmrank import datasets, models
 from pyterrier_llmrank._base import EfficiencyStats
 from pyterrier_llmrank.upr import UPR
 from pyterrier_llmrank.monot5 import DuoT5, MonoT5
+from pyterrier_llmrank.pointwise import DeARPointwise, ProRank, YesNo
 from pyterrier_llmrank._generation import (GenerationBackend, HFGenerationBackend, ScriptedBackend,
                                            VLLMBackend)
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 
-__all__ = ['datasets', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5',
+__all__ = ['datasets', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
            'DeARListwise', 'Setwise', 'RankR1']
