@@ -297,3 +297,13 @@ def chat_parts(tokenizer: Any, system: Any = None) -> Tuple[str, str, str]:
                                                  {'role': 'assistant', 'content': _MARK_ASSISTANT}], tokenize=False)
     end = full.split(_MARK_ASSISTANT, 1)[1]
     return before, after, end
+
+
+def special_tokens_around(tokenizer: Any) -> Tuple[List[int], List[int]]:
+    """The special tokens the tokenizer adds before and after a text (e.g. ``[BOS]``, ``[EOS]``)."""
+    probe = tokenizer('a', add_special_tokens=False)['input_ids']
+    full = tokenizer('a', add_special_tokens=True)['input_ids']
+    for i in range(len(full) - len(probe) + 1):
+        if full[i:i + len(probe)] == probe:
+            return full[:i], full[i + len(probe):]
+    raise ValueError('cannot locate the special tokens this tokenizer adds')

@@ -32,7 +32,7 @@ import torch
 from pyterrier_llmrank import models
 from pyterrier_llmrank._base import PointwiseReranker, fit_pieces
 from pyterrier_llmrank._causal import (PrefixKV, chat_parts, last_hidden, next_token_logits, pad_id,
-                                       shared_prefix_lengths)
+                                       shared_prefix_lengths, special_tokens_around)
 
 __all__ = ['ProRank', 'DeARPointwise', 'YesNo',
            'PRORANK_SYSTEM_PREFIX', 'PRORANK_ASSISTANT_SUFFIX', 'PRORANK_SEP', 'PRORANK_INSTRUCTION_TEMPLATE',
@@ -79,16 +79,6 @@ DEAR_MAX_PASSAGE_TOKENS = 196
 YESNO_PROMPT = "Passage: {text}\nQuery: {query}\nDoes the passage answer the query? Answer 'Yes' or 'No'"
 YESNO_YES = 'Yes'
 YESNO_NO = 'No'
-
-
-def _special_split(tokenizer: Any) -> Tuple[List[int], List[int]]:
-    """The special tokens the tokenizer adds before and after a text (e.g. BOS / EOS)."""
-    probe = tokenizer('a', add_special_tokens=False)['input_ids']
-    full = tokenizer('a', add_special_tokens=True)['input_ids']
-    for i in range(len(full) - len(probe) + 1):
-        if full[i:i + len(probe)] == probe:
-            return full[:i], full[i + len(probe):]
-    raise ValueError('cannot locate the special tokens this tokenizer adds')
 
 
 def _first_token(tokenizer: Any, word: str) -> int:
@@ -327,7 +317,7 @@ class YesNo(_NextTokenPointwise):
             if system is not None:
                 raise ValueError('system needs the chat form (chat=True)')
             self._before, self._after = '', ''
-            self._pre = _special_split(self.tokenizer)[0]
+            self._pre = special_tokens_around(self.tokenizer)[0]
         self._init_prefix_cache()
 
     def _repr_args(self) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from pyterrier_llmrank import models
 from pyterrier_llmrank._base import PointwiseReranker, fit_pieces
-from pyterrier_llmrank._causal import chat_parts, pad_id, target_logprobs
+from pyterrier_llmrank._causal import chat_parts, pad_id, special_tokens_around, target_logprobs
 
 __all__ = ['UPR', 'UPR_PASSAGE_TEMPLATE', 'UPR_HEAD', 'UPR_VERBALIZER', 'UPR_QUESTION_TEMPLATE']
 
@@ -25,16 +25,6 @@ UPR_PASSAGE_TEMPLATE = '{head} {title} {text}. {verbalizer}'
 # DevSinghSachan/unsupervised-passage-reranking utils/openqa_dataset.py: decoder labels "Question: {question}"
 # (the "?" suffix is added only for NQ/EfficientQA questions, not for BEIR/MS MARCO queries).
 UPR_QUESTION_TEMPLATE = 'Question: {query}'
-
-
-def _special_split(tokenizer: Any) -> Tuple[List[int], List[int]]:
-    """The special tokens the tokenizer adds before and after a text (e.g. BOS / EOS)."""
-    probe = tokenizer('a', add_special_tokens=False)['input_ids']
-    full = tokenizer('a', add_special_tokens=True)['input_ids']
-    for i in range(len(full) - len(probe) + 1):
-        if full[i:i + len(probe)] == probe:
-            return full[:i], full[i + len(probe):]
-    raise ValueError('cannot locate the special tokens this tokenizer adds')
 
 
 class UPR(PointwiseReranker):
@@ -99,7 +89,7 @@ class UPR(PointwiseReranker):
         self.max_query_tokens = max_query_tokens
         self.title_field = title_field
         self.pad = pad_id(self.tokenizer)
-        self._pre, self._post = _special_split(self.tokenizer)
+        self._pre, self._post = special_tokens_around(self.tokenizer)
         if kind == 'causal':
             self.chat = chat
             if chat:
