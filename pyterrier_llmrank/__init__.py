@@ -10,7 +10,8 @@ from pyterrier_llmrank._generation import (GenerationBackend, HFGenerationBacken
                                            VLLMBackend)
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
+from pyterrier_llmrank.icr import ICR
 
 __all__ = ['datasets', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
-           'DeARListwise', 'Setwise', 'RankR1']
+           'DeARListwise', 'Setwise', 'RankR1', 'ICR']

@@ -1,0 +1,664 @@
+"""ICR: in-context re-ranking from the attention of a causal LLM.
+
+Chen, Gutiérrez, Su: "Attention in Large Language Models Yields Efficient Zero-Shot Re-Rankers", ICLR 2025
+(arXiv 2410.02642). Reference code: OSU-NLP-Group/In-Context-Reranking ``src/in_context_reranker.py``
+(``_prepare_input_for_document_retrieval``, ``score_documents``, ``get_sorted_docs``, ``rerank``) and
+``experiments.py``.
+
+All candidates of a query go into one prompt, followed by an instruction and the query. A document's score is
+the attention that the tokens of the query span (instruction, query, end of the turn) pay to its tokens,
+summed over heads and layers, calibrated by the attention the same span pays when the query is the
+content-free ``"N/A"``. No text is generated: two forward passes per prompt, the second over the query span
+only (the KV cache of everything before it is reused).
+
+How the attention rows are obtained: the model runs with PyTorch's SDPA through an attention function
+registered in ``transformers.AttentionInterface`` under :data:`ATTENTION_NAME` (set on the model only while
+ICR runs). Besides SDPA's output, that function takes the post-RoPE query states of the query-span tokens
+(the last rows of the pass) and all key states (cache included), expands the GQA heads, and computes
+``softmax(q k^T * scale + causal mask)`` in float32 for those rows only, reducing them at once to one
+number per key position (mean over the span rows, sum over heads, accumulated over the layers). Memory is
+``heads x span x length`` per layer, linear in the number of candidates; the ``layers x heads x L x L``
+matrices of ``output_attentions=True`` are never built (that path is kept as ``attention='eager'``, the
+brute-force reference the tests compare against).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from pyterrier_llmrank import models
+from pyterrier_llmrank._base import Reranker
+from pyterrier_llmrank._causal import chat_parts
+
+__all__ = ['ICR', 'ICR_INSTRUCTION', 'ICR_LATE_INSTRUCTION_IE', 'ICR_LATE_INSTRUCTION_QA', 'ICR_QUERY_PREFIX',
+           'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'ATTENTION_NAME', 'IcrPrompt']
+
+# --- Prompt strings: OSU-NLP-Group/In-Context-Reranking src/in_context_reranker.py (InContextReranker.__init__
+# ``retrieval_instruction`` / ``retrieval_instruction_late`` and ``_prepare_input_for_document_retrieval``).
+#: Opening instruction of the user turn (both retrieval types).
+ICR_INSTRUCTION = ' Here are some paragraphs:'
+#: Late instruction, retrieval type "IE" (information extraction; the reference's default for TREC/BEIR).
+ICR_LATE_INSTRUCTION_IE = 'Please find information that are relevant to the following query in the paragraphs above.'
+#: Late instruction, retrieval type "QA".
+ICR_LATE_INSTRUCTION_QA = 'Please answer the following question based on the information in the paragraphs above.'
+#: Written before the query (the query follows as ``' ' + query``).
+ICR_QUERY_PREFIX = 'Query:'
+#: Label of the i-th document (1-based) in the prompt.
+ICR_DOC_LABEL = '[{i}] '
+#: Content-free query of the calibration pass (``calibration_query = 'N/A'``).
+ICR_CALIBRATION_QUERY = 'N/A'
+#: Ending of the "simple" (no chat template) form, after the query.
+ICR_SIMPLE_ANSWER = 'Answer:'
+#: Separators: ``' \n\n'`` for the Llama-3 family, ``'\n\n'`` otherwise (``prompt_separator``).
+SEPARATOR_LLAMA3 = ' \n\n'
+SEPARATOR_DEFAULT = '\n\n'
+
+#: Name under which ICR's attention function is registered in ``transformers.AttentionInterface``.
+ATTENTION_NAME = 'pyterrier_llmrank_icr_sdpa'
+
+SCORINGS = ('masked_NA_calibration', 'NA_calibration', 'query_last')
+OVERFLOWS = ('truncate', 'window', 'error')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention rows of the query span, computed beside SDPA
+
+
+class _RowCapture:
+    """Accumulates, for one forward pass, the attention of the last ``rows`` query positions to every key.
+
+    ``scores[j]`` = sum over layers in ``[start, end]`` and heads of the mean over the captured rows of the
+    attention probability to key position ``j`` (softmax in float32, causal, post-RoPE, GQA heads expanded).
+    """
+
+    def __init__(self, rows: int, start: int, end: int) -> None:
+        self.rows = rows
+        self.start = start
+        self.end = end
+        self.scores: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def add(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
+        # query: [1, H, Lq, d] (the rows fed in this pass); key: [1, KVH, Lk, d] (cache + this pass)
+        _, n_heads, lq, dim = query.shape
+        kv_heads, lk = key.shape[1], key.shape[2]
+        groups = n_heads // kv_heads
+        s = min(self.rows, lq)
+        # query heads h = kv * groups + g share key head kv (transformers' repeat_kv): group them per key head
+        q = query[0, :, lq - s:, :].float().reshape(kv_heads, groups * s, dim)
+        k = key[0].float()
+        logits = torch.bmm(q, k.transpose(1, 2)).mul_(scaling).view(kv_heads, groups, s, lk)
+        # the span's rows are the last s positions of the sequence: row i sits at absolute position lk - s + i
+        pos = torch.arange(lk - s, lk, device=logits.device)
+        future = torch.arange(lk, device=logits.device)[None, :] > pos[:, None]
+        logits.masked_fill_(future, float('-inf'))
+        probs = torch.softmax(logits, dim=-1)
+        per_key = probs.mean(dim=2).sum(dim=(0, 1))  # mean over span rows, sum over heads -> [lk]
+        self.scores = per_key if self.scores is None else self.scores + per_key
+
+
+_STATE = threading.local()
+
+
+def _icr_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: Optional[torch.Tensor], *args: Any, **kwargs: Any):
+    """SDPA for the model's output; in addition, the query-span rows for ICR when a capture is active."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    cap: Optional[_RowCapture] = getattr(_STATE, 'capture', None)
+    layer = getattr(module, 'layer_idx', None)
+    if cap is not None and layer is not None and cap.start <= layer <= cap.end:
+        scaling = kwargs.get('scaling')
+        if scaling is None:
+            scaling = getattr(module, 'scaling', None) or 1.0 / math.sqrt(query.shape[-1])
+        cap.add(query, key, scaling)
+    return out
+
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    AttentionInterface.register(ATTENTION_NAME, _icr_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)  # the same masks as SDPA
+    _REGISTERED = True
+
+
+@contextlib.contextmanager
+def _attn_implementation(model: Any, name: str):
+    """Run the model with attention implementation ``name``, restoring the previous one afterwards."""
+    old = model.config._attn_implementation
+    if old != name:
+        model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        if model.config._attn_implementation != old:
+            model.set_attn_implementation(old)
+
+
+@contextlib.contextmanager
+def _capturing(cap: _RowCapture):
+    prev = getattr(_STATE, 'capture', None)
+    _STATE.capture = cap
+    try:
+        yield cap
+    finally:
+        _STATE.capture = prev
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt
+
+
+@dataclass
+class IcrPrompt:
+    """Token ids of one ICR prompt with every span known by construction.
+
+    Attributes:
+        prefix: ids of everything before the query span (template opening, instruction, documents, the
+            separator before the late instruction): the part whose KV cache both passes share.
+        suffix: ids of the query span (late instruction, separator, ``Query:``, the query, end of the turn and
+            assistant header; ``Answer:`` in the simple form).
+        doc_spans: ``(start, end)`` token offsets (end exclusive) of each document's ``[i] text`` in ``prefix``,
+            in prompt order.
+    """
+
+    prefix: List[int]
+    suffix: List[int]
+    doc_spans: List[Tuple[int, int]]
+
+    @property
+    def ids(self) -> List[int]:
+        """The whole prompt."""
+        return self.prefix + self.suffix
+
+    @property
+    def query_span(self) -> Tuple[int, int]:
+        """``(start, end)`` of the query span in :attr:`ids` (end exclusive: the last token of the prompt)."""
+        return len(self.prefix), len(self.prefix) + len(self.suffix)
+
+
+def _cut_words(text: str, max_words: Optional[int]) -> str:
+    """The first ``max_words`` whitespace-separated words of ``text``, its own spacing kept."""
+    if max_words is None:
+        return text
+    if max_words <= 0:
+        return ''
+    for n, m in enumerate(re.finditer(r'\S+', text), start=1):
+        if n == max_words:
+            return text[:m.end()]
+    return text
+
+
+class ICR(Reranker):
+    """In-Context Re-ranking (ICR): rank documents by the calibrated attention an LLM pays them.
+
+    Chen, Gutiérrez, Su, "Attention in Large Language Models Yields Efficient Zero-Shot Re-Rankers", ICLR 2025.
+    Reference: OSU-NLP-Group/In-Context-Reranking (``src/in_context_reranker.py``, ``experiments.py``).
+
+    Prompt (built piece by piece, so that every span is known by construction): the chat template's opening
+    of a user turn, ``" Here are some paragraphs:"``, for each document the separator and ``"[i] " + doc``,
+    then the separator, the late instruction, the separator, ``"Query:"``, ``" " + query``, and the end of
+    the user turn with the assistant header. Without a chat template (base models) the reference's "simple"
+    form: no opening instruction, and ``separator + "Answer:"`` instead of the chat suffix. The separator is
+    ``" \\n\\n"`` for the Llama-3 family and ``"\\n\\n"`` otherwise.
+
+    Scores (``scoring``):
+
+    * ``'masked_NA_calibration'`` (default, the reference's): per document token, ``c = s(query) - s("N/A")``
+      where ``s`` is the attention from the query span (mean over its tokens, summed over heads and layers);
+      ``tau = mean(c) - 2 std(c)`` over the document's tokens; score = sum of the ``c > tau``. Two forward
+      passes per window: the full prompt with ``"N/A"``, then the query span of the real query over the
+      cached prefix. (A one-token document keeps its only token.)
+    * ``'NA_calibration'``: plain difference ``sum(s(query)) - sum(s("N/A"))`` over the document's tokens
+      (two passes; the reference's ``NA_calibration_no_agg`` is this with the last token as the only span row).
+    * ``'query_last'``: uncalibrated ``sum(s(query))`` (one pass).
+
+    Candidates: all in one prompt by default (``window_size=None``), in reversed first-stage order so that the
+    top document stands last, next to the query (``reverse_order=True``, the reference's
+    ``--reverse_doc_order``). With ``window_size``, sliding windows of that size and ``stride`` (default half
+    the window) go from the bottom of the list to the top and are merged as the reference's ``rerank``: after
+    each window the ``stride`` lowest-scored documents are final, the others move up into the next window.
+    Window scores are not comparable across windows, so with several windows the output ``score`` is the
+    final position (``n - position``); with one window it is the ICR score itself.
+
+    Documents are ``title + "\\n" + text`` when ``title_field`` is a column (else the text), the text cut to
+    ``max_words`` whitespace-separated words (300, as the reference's ``--truncate_by_space``).
+
+    Overflow (a window longer than ``max_length``, by default the model's context): never silent, and the
+    instruction and query are never cut.
+
+    * ``overflow='truncate'`` (default): the words kept per document are lowered to the largest number that
+      fits (the same for every document of the window) and a ``UserWarning`` names the query and the number;
+      the ``truncated_windows`` counter of :attr:`stats` counts them.
+    * ``overflow='window'``: the window is shrunk to the largest size whose longest possible window fits
+      (stride half of it, or ``stride`` if smaller); the ``overflow_windows`` counter records it.
+    * ``overflow='error'``: ``ValueError``.
+
+    In every mode a ``ValueError`` is raised when even empty documents (labels, titles) with the instruction and
+    query cannot fit.
+
+    Args:
+        model: a hub name / local path / short name (``'smollm2-135m-instruct'``) or a ``(model, tokenizer)``
+            pair from :func:`pyterrier_llmrank.models.load_causal_lm`.
+        retrieval_type: ``'IE'`` (default late instruction) or ``'QA'``.
+        scoring: see above.
+        window_size: documents per prompt (``None``: all candidates of the query).
+        stride: sliding-window stride (default ``window_size // 2``).
+        reverse_order: put the first-stage top document last (default ``True``).
+        max_words: words kept per document text (``None``: all).
+        max_length: token budget of a prompt (default: the model's ``max_position_embeddings``).
+        overflow: ``'truncate'``, ``'window'`` or ``'error'``.
+        layers: ``(first, last)`` layers (inclusive, 0-based) whose attention is summed; default all.
+        template: ``'auto'`` (the chat form when the tokenizer has a chat template), ``'chat'`` or ``'simple'``.
+        separator: the prompt separator; default from the model family as above.
+        attention: ``'rows'`` (default: SDPA plus the query-span rows, linear memory) or ``'eager'``
+            (brute force: eager attention with ``output_attentions=True`` and no KV reuse; for checks only).
+        title_field: column holding a title (used when present).
+        text_field, verbose: as every reranker. ``batch_size``: accepted for uniformity; ICR feeds one window
+            (itself a batch of all its candidates) per forward pass, so it has no effect.
+        device, dtype: see :mod:`pyterrier_llmrank.models`.
+    """
+
+    label = 'ICR'
+
+    def __init__(self, model: Any = 'smollm2-135m-instruct', *, retrieval_type: str = 'IE',
+                 scoring: str = 'masked_NA_calibration', window_size: Optional[int] = None,
+                 stride: Optional[int] = None, reverse_order: bool = True, max_words: Optional[int] = 300,
+                 max_length: Optional[int] = None, overflow: str = 'truncate',
+                 layers: Optional[Tuple[int, int]] = None, template: str = 'auto', separator: Optional[str] = None,
+                 attention: str = 'rows', title_field: str = 'title', text_field: str = 'text',
+                 batch_size: int = 1, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
+        if retrieval_type not in ('IE', 'QA'):
+            raise ValueError("retrieval_type must be 'IE' or 'QA'")
+        if scoring not in SCORINGS:
+            raise ValueError(f'scoring must be one of {SCORINGS}')
+        if overflow not in OVERFLOWS:
+            raise ValueError(f'overflow must be one of {OVERFLOWS}')
+        if attention not in ('rows', 'eager'):
+            raise ValueError("attention must be 'rows' or 'eager'")
+        if template not in ('auto', 'chat', 'simple'):
+            raise ValueError("template must be 'auto', 'chat' or 'simple'")
+        if window_size is not None and window_size < 1:
+            raise ValueError('window_size must be >= 1 (or None for all candidates)')
+        if stride is not None and (stride < 1 or (window_size is not None and stride > window_size)):
+            raise ValueError('stride must be in [1, window_size]')
+        if max_words is not None and max_words < 0:
+            raise ValueError('max_words must be >= 0 (or None)')
+        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
+        self.model_name = models.model_name(model)
+        cfg = self.model.config
+        n_layers = int(cfg.num_hidden_layers)
+        first, last = (0, n_layers - 1) if layers is None else (int(layers[0]), int(layers[1]))
+        if first < 0:
+            first += n_layers
+        if last < 0:
+            last += n_layers
+        if not 0 <= first <= last < n_layers:
+            raise ValueError(f'layers must be (first, last) with 0 <= first <= last < {n_layers}')
+        self.layers = (first, last)
+        self.retrieval_type = retrieval_type
+        self.late_instruction = ICR_LATE_INSTRUCTION_IE if retrieval_type == 'IE' else ICR_LATE_INSTRUCTION_QA
+        self.scoring = scoring
+        self.window_size = window_size
+        self.stride = stride
+        self.reverse_order = reverse_order
+        self.max_words = max_words
+        self.max_length = int(max_length or getattr(cfg, 'max_position_embeddings', 0) or 4096)
+        self.overflow = overflow
+        self.attention = attention
+        self.title_field = title_field
+        if template == 'auto':
+            template = 'chat' if getattr(self.tokenizer, 'chat_template', None) else 'simple'
+        self.template = template
+        if separator is None:
+            name = (self.model_name + ' ' + str(getattr(cfg, '_name_or_path', ''))).lower()
+            separator = SEPARATOR_LLAMA3 if ('llama-3' in name or 'llama3' in name) else SEPARATOR_DEFAULT
+        self.separator = separator
+        self._piece_cache: Dict[str, List[int]] = {}
+        self._prefix_space = self._detect_prefix_space()
+        if template == 'chat':
+            before, after, _ = chat_parts(self.tokenizer)
+            self._open = self._ids(before)
+            self._close = self._ids(after)
+        else:
+            self._open = self._bos()
+            self._close = []
+        self._cache_kw = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'
+        if attention == 'rows':
+            _register()
+
+    def _repr_args(self) -> str:
+        args = [repr(self.model_name)]
+        if self.scoring != 'masked_NA_calibration':
+            args.append(f'scoring={self.scoring!r}')
+        if self.window_size is not None:
+            args.append(f'window_size={self.window_size}')
+        if self.retrieval_type != 'IE':
+            args.append(f'retrieval_type={self.retrieval_type!r}')
+        return ', '.join(args)
+
+    # --- tokenization -------------------------------------------------------------------------------------------
+
+    def _detect_prefix_space(self) -> bool:
+        """Whether the tokenizer prepends a word-start marker to every text (SentencePiece ``'▁'``)."""
+        ids = self.tokenizer('\n', add_special_tokens=False)['input_ids']
+        return self.tokenizer.decode(ids) != '\n'
+
+    def _bos(self) -> List[int]:
+        full = self.tokenizer('a', add_special_tokens=True)['input_ids']
+        bare = self.tokenizer('a', add_special_tokens=False)['input_ids']
+        return list(full[:len(full) - len(bare)]) if full[len(full) - len(bare):] == bare else []
+
+    def _ids(self, text: str) -> List[int]:
+        """Token ids of one piece of the prompt, as it reads in the middle of the prompt."""
+        if not text:
+            return []
+        if not self._prefix_space:
+            return list(self.tokenizer(text, add_special_tokens=False)['input_ids'])
+        # SentencePiece tokenizers mark a word start at the beginning of every text: tokenize behind an anchor
+        anchor = self.tokenizer('\n', add_special_tokens=False)['input_ids']
+        ids = self.tokenizer('\n' + text, add_special_tokens=False)['input_ids']
+        if ids[:len(anchor)] == anchor:
+            return list(ids[len(anchor):])
+        return list(self.tokenizer(text, add_special_tokens=False)['input_ids'])
+
+    def _sep_then(self, text: str) -> Tuple[List[int], List[int]]:
+        """Token ids of ``separator + text`` as the tokenizer reads them together, split into the separator's
+        ids and the text's.
+
+        Byte-level BPE tokenizers such as SmolLM2's write ``"\n\n"`` as one token at the end of a text but as
+        two ``"\n"`` tokens before a word: tokenizing the pieces apart would feed the model a sequence it never
+        sees. The split point is known by construction: the first ids that decode to the separator exactly;
+        when a token straddles the two (no such point), both are tokenized apart.
+        """
+        joint = self._ids(self.separator + text)
+        sep = self.separator
+        for k in range(1, len(joint) + 1):
+            head = self.tokenizer.decode(joint[:k])
+            if head == sep:
+                return joint[:k], joint[k:]
+            if len(head) >= len(sep):
+                break
+        return self._ids(sep), self._ids(text)
+
+    def _fixed_after_sep(self, text: str) -> List[int]:
+        """``separator + text`` (a fixed string of the template) as ids, cached."""
+        key = '\x00sep\x00' + text
+        ids = self._piece_cache.get(key)
+        if ids is None:
+            a, b = self._sep_then(text)
+            ids = self._piece_cache[key] = a + b
+        return ids
+
+    def _fixed(self, text: str) -> List[int]:
+        ids = self._piece_cache.get(text)
+        if ids is None:
+            ids = self._piece_cache[text] = self._ids(text)
+        return ids
+
+    def document_text(self, text: Any, title: Any = None, max_words: Optional[int] = -1) -> str:
+        """A document as it enters the prompt: ``title + "\\n" + text`` (text cut to ``max_words``), stripped."""
+        words = self.max_words if max_words == -1 else max_words
+        text = _cut_words(text if isinstance(text, str) else '', words)
+        if isinstance(title, str) and title.strip():
+            return (title + '\n' + text).strip()
+        return text.strip()
+
+    def build_prompt(self, query: str, docs: Sequence[str]) -> IcrPrompt:
+        """The ICR prompt for ``query`` and documents ``docs`` (already formatted, in prompt order)."""
+        prefix = list(self._open)
+        if self.template == 'chat':
+            prefix += self._fixed(ICR_INSTRUCTION)
+        spans = []
+        for i, doc in enumerate(docs):
+            sep_ids, ids = self._sep_then(ICR_DOC_LABEL.format(i=i + 1) + doc)
+            prefix += sep_ids
+            spans.append((len(prefix), len(prefix) + len(ids)))
+            prefix += ids
+        # the separator before the late instruction closes the prefix (as it reads before that instruction)
+        sep_ids, _ = self._sep_then(self.late_instruction)
+        return IcrPrompt(prefix + sep_ids, self._suffix(query), spans)
+
+    def _suffix(self, query: str) -> List[int]:
+        out = self._fixed(self.late_instruction) + self._fixed_after_sep(ICR_QUERY_PREFIX)
+        out = out + self._ids(' ' + (query or '').strip())
+        if self.template == 'chat':
+            return out + self._close
+        return out + self._fixed_after_sep(ICR_SIMPLE_ANSWER)
+
+    def prompt_text(self, query: str, docs: Sequence[str]) -> str:
+        """The decoded prompt (for inspection)."""
+        return self.tokenizer.decode(self.build_prompt(query, docs).ids)
+
+    # --- model passes -------------------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def _pass(self, ids: List[int], rows: int, cache: Any = None, keep_cache: bool = True) -> Tuple[torch.Tensor, Any]:
+        """One forward pass over ``ids`` (after ``cache``); the per-key scores of the last ``rows``, and the cache."""
+        dev = self._device()
+        x = torch.as_tensor([ids], dtype=torch.long, device=dev)
+        cap = _RowCapture(rows, *self.layers)
+        kw = {self._cache_kw: cache} if cache is not None else {}
+        with _attn_implementation(self.model, ATTENTION_NAME), _capturing(cap):
+            out = self.model(input_ids=x, use_cache=keep_cache or cache is not None, logits_to_keep=1, **kw)
+        keys = out.keys()
+        cache = out['cache'] if 'cache' in keys else (out['past_key_values'] if 'past_key_values' in keys else None)
+        return cap.scores, cache
+
+    @torch.inference_mode()
+    def _pass_eager(self, ids: List[int], rows: int) -> torch.Tensor:
+        """Brute force: eager attention, ``output_attentions=True``, the span rows read from the full matrices."""
+        x = torch.as_tensor([ids], dtype=torch.long, device=self._device())
+        with _attn_implementation(self.model, 'eager'):
+            out = self.model(input_ids=x, use_cache=False, output_attentions=True, logits_to_keep=1)
+        first, last = self.layers
+        total = None
+        for att in out.attentions[first:last + 1]:
+            per_key = att[0, :, -rows:, :].float().mean(dim=1).sum(dim=0)
+            total = per_key if total is None else total + per_key
+        return total
+
+    def token_scores(self, prompt: IcrPrompt, calibration: Optional[IcrPrompt] = None
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], int, int]:
+        """Per-position attention scores of the query span of ``prompt`` (and of ``calibration``'s).
+
+        Returns ``(s_query, s_calibration, model_calls, input_tokens)``; the scores are float32 vectors over
+        the positions of the prompt (the prefix positions are shared). With ``attention='rows'`` the
+        calibration prompt is run whole and the query's span reuses its prefix cache.
+        """
+        q_rows = len(prompt.suffix)
+        if calibration is None:
+            if self.attention == 'eager':
+                return self._pass_eager(prompt.ids, q_rows).cpu(), None, 1, len(prompt.ids)
+            s_q, _ = self._pass(prompt.ids, q_rows, keep_cache=False)
+            return s_q.cpu(), None, 1, len(prompt.ids)
+        if calibration.prefix != prompt.prefix:
+            raise ValueError('the calibration prompt must share the prefix of the query prompt')
+        c_rows = len(calibration.suffix)
+        if self.attention == 'eager':
+            s_c = self._pass_eager(calibration.ids, c_rows).cpu()
+            s_q = self._pass_eager(prompt.ids, q_rows).cpu()
+            return s_q, s_c, 2, len(calibration.ids) + len(prompt.ids)
+        s_c, cache = self._pass(calibration.ids, c_rows)
+        _crop(cache, len(prompt.prefix))
+        s_q, _ = self._pass(prompt.suffix, q_rows, cache=cache)
+        return s_q.cpu(), s_c.cpu(), 2, len(calibration.ids) + len(prompt.suffix)
+
+    def score_window(self, query: str, docs: Sequence[str]) -> Tuple[np.ndarray, Dict[str, float]]:
+        """ICR scores of ``docs`` (formatted, in prompt order) for ``query``; and the window's counters."""
+        prompt = self.build_prompt(query, docs)
+        calib = None
+        if self.scoring != 'query_last':
+            calib = IcrPrompt(prompt.prefix, self._suffix(ICR_CALIBRATION_QUERY), prompt.doc_spans)
+        s_q, s_c, calls, tokens = self.token_scores(prompt, calib)
+        return self.doc_scores(prompt, s_q, s_c), {'model_calls': calls, 'sequences': calls, 'input_tokens': tokens}
+
+    def doc_scores(self, prompt: IcrPrompt, s_q: torch.Tensor, s_c: Optional[torch.Tensor]) -> np.ndarray:
+        """Document scores from the per-position scores of the query (and calibration) span (``scoring``)."""
+        scores = np.zeros(len(prompt.doc_spans), dtype='float64')
+        for i, (a, b) in enumerate(prompt.doc_spans):
+            tq = s_q[a:b].double()
+            if self.scoring == 'query_last':
+                scores[i] = float(tq.sum())
+                continue
+            c = tq - s_c[a:b].double()
+            if self.scoring == 'NA_calibration' or c.numel() < 2:
+                scores[i] = float(c.sum())
+            else:
+                tau = c.mean() - 2 * c.std()  # unbiased std, as torch's default in the reference
+                scores[i] = float(c[c > tau].sum())
+        return scores
+
+    # --- overflow ---------------------------------------------------------------------------------------------
+
+    def _prompt_len(self, query: str, docs: Sequence[str]) -> int:
+        return len(self.build_prompt(query, docs).ids)
+
+    def _fit_words(self, query: str, texts: Sequence[Tuple[Any, Any]]) -> Optional[int]:
+        """The largest words-per-document cap (<= max_words) with which the window fits; None if none does."""
+        def fits(w: Optional[int]) -> bool:
+            return self._prompt_len(query, [self.document_text(t, ti, w) for t, ti in texts]) <= self.max_length
+        hi = self.max_words
+        if hi is None:
+            hi = max((len(str(t).split()) for t, _ in texts), default=0)
+        if not fits(0):
+            return None
+        lo = 0  # fits(lo) holds; find the largest w in [lo, hi] that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _fixed_error(self, qid: Any, n: int) -> ValueError:
+        return ValueError(
+            f'ICR: query {qid!r}: the instruction, query and {n} document labels/titles alone exceed the maximum '
+            f'length of {self.max_length} tokens; shorten the query or use window_size')
+
+    # --- ranking ------------------------------------------------------------------------------------------------
+
+    def _rank_query(self, qid: Any, query: str, texts: List[Tuple[Any, Any]]) -> Tuple[np.ndarray, List[int]]:
+        """Scores (higher is better) of one query's candidates, in first-stage order, and the final ranking
+        (indices into ``texts``, best first; ties go to the better first-stage rank)."""
+        n = len(texts)
+        docs = [self.document_text(t, ti) for t, ti in texts]
+        window = n if self.window_size is None else min(self.window_size, n)
+        stride = self.stride if self.stride is not None else max(1, window // 2)
+        words: Optional[int] = None  # a tighter per-query word cap, when truncating to fit
+        if self.overflow in ('window', 'error'):
+            # worst case over the windows: the `window` longest documents together
+            lens = sorted((sum(map(len, self._sep_then(ICR_DOC_LABEL.format(i=n) + d))) for d in docs), reverse=True)
+            base = self._prompt_len(query, [])
+            if self.overflow == 'window' and base + sum(lens[:window]) > self.max_length:
+                fit = 0
+                while fit < n and base + sum(lens[:fit + 1]) <= self.max_length:
+                    fit += 1
+                if fit == 0:
+                    raise ValueError(f'ICR: query {qid!r}: a single document does not fit the maximum length of '
+                                     f'{self.max_length} tokens (overflow="window"); use overflow="truncate" or a '
+                                     f'smaller max_words')
+                window = fit
+                stride = min(stride, max(1, window // 2))
+                self.stats.add(qid, overflow_windows=1)
+            elif self.overflow == 'error' and base + sum(lens[:window]) > self.max_length:
+                raise ValueError(
+                    f'ICR: query {qid!r}: {window} documents need about {base + sum(lens[:window])} tokens, more than '
+                    f'the maximum length {self.max_length} (overflow="error"); use overflow="truncate" or "window", '
+                    f'window_size, or fewer candidates')
+        order = list(range(n))[::-1]  # from the bottom of the list to the top, as the reference's rerank
+        first_window_scores: Optional[np.ndarray] = None
+        i, j = 0, window
+        n_windows = 0
+        while True:
+            start = time.perf_counter()
+            ids = order[i:j]
+            in_prompt = ids if self.reverse_order else ids[::-1]
+            window_docs = [docs[k] for k in in_prompt]
+            if self._prompt_len(query, window_docs) > self.max_length:
+                if self.overflow != 'truncate':  # cannot happen for 'window'/'error' (checked above); be safe
+                    raise ValueError(f'ICR: query {qid!r}: a window exceeds the maximum length {self.max_length}')
+                w = self._fit_words(query, [texts[k] for k in in_prompt])
+                if w is None:
+                    raise self._fixed_error(qid, len(in_prompt))
+                words = w if words is None else min(words, w)
+                window_docs = [self.document_text(*texts[k], max_words=words) for k in in_prompt]
+                warnings.warn(f'ICR: query {qid!r}: {len(in_prompt)} documents exceed the maximum length of '
+                              f'{self.max_length} tokens; each document cut to {words} words to fit '
+                              f'(overflow="truncate"; use overflow="window" for sliding windows instead)',
+                              UserWarning, stacklevel=4)
+                self.stats.add(qid, truncated_windows=1)
+            scores, counters = self.score_window(query, window_docs)
+            self.stats.add(qid, seconds=time.perf_counter() - start, windows=1, **counters)
+            n_windows += 1
+            # ascending; ties broken towards the first-stage order (the better-ranked document ends up higher)
+            asc = sorted(range(len(in_prompt)), key=lambda t: (scores[t], -in_prompt[t]))
+            order[i:j] = [in_prompt[t] for t in asc]
+            if n_windows == 1:
+                first_window_scores = np.zeros(n)
+                first_window_scores[in_prompt] = scores
+            if j >= n:
+                break
+            i += stride
+            j = min(j + stride, n)
+        ranking = order[::-1]  # order is ascending: the last is the best
+        if n_windows == 1:
+            return first_window_scores, ranking
+        out = np.zeros(n)
+        for pos, k in enumerate(ranking):
+            out[k] = float(n - pos)
+        return out, ranking
+
+    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+        scores = np.zeros(len(inp), dtype='float64')
+        rows: List[int] = []  # output order: queries as they come, each by its final ranking
+        has_title = self.title_field in inp.columns
+        groups: Iterable = inp.groupby('qid', sort=False).indices.items()
+        if self.verbose:
+            groups = pt.tqdm(list(groups), desc=self.label, unit='query')
+        for qid, idx in groups:
+            idx = np.asarray(idx)
+            if 'rank' in inp.columns:  # the first-stage order; else the input order
+                idx = idx[np.argsort(inp['rank'].to_numpy()[idx], kind='stable')]
+            elif 'score' in inp.columns:
+                idx = idx[np.argsort(-inp['score'].to_numpy()[idx], kind='stable')]
+            query = inp['query'].iat[idx[0]]
+            texts = [(inp[self.text_field].iat[k], inp[self.title_field].iat[k] if has_title else None) for k in idx]
+            s, ranking = self._rank_query(qid, query if isinstance(query, str) else '', texts)
+            scores[idx] = s
+            rows.extend(idx[ranking].tolist())
+        out = inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+        return out.iloc[rows].reset_index(drop=True)
+
+
+def _crop(cache: Any, keep: int) -> None:
+    """Cut a KV cache back to its first ``keep`` positions."""
+    extra = cache.get_seq_length() - keep
+    if extra > 0:
+        cache.crop(-extra)  # negative: remove that many tokens (every transformers version)
+    if cache.get_seq_length() != keep:
+        raise RuntimeError(f'KV cache crop failed: {cache.get_seq_length()} positions instead of {keep}')
