@@ -37,9 +37,11 @@ def main() -> None:
     bm25 = dl19.get_run('bm25')  # BM25 top-100 with passage texts
 
     upr = llmrank.UPR(args.model, batch_size=args.batch_size)
+    icr = llmrank.ICR(args.model)
     systems = {
         'BM25': bm25,
         f'BM25 % {args.depth} >> UPR': bm25 % args.depth >> upr,
+        f'BM25 % {args.depth} >> ICR': bm25 % args.depth >> icr,
     }
     start = time.time()
     table = pt.Experiment(
@@ -53,6 +55,7 @@ def main() -> None:
     with pd.option_context('display.width', 200, 'display.max_columns', 50):
         print(table.to_string(index=False))
     print('UPR efficiency:', upr.stats)
+    print('ICR efficiency:', icr.stats)
 
 
 if __name__ == '__main__':

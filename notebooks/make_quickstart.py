@@ -28,27 +28,32 @@ cells = [
         'len(topics), len(qrels)'),
     nbf.v4.new_markdown_cell(
         'Rerankers are PyTerrier transformers: `bm25 % 20 >> upr` re-ranks the BM25 top-20. '
-        '`UPR` scores a passage by the likelihood of the query given the passage (Sachan et al., 2022).'),
+        '`UPR` scores a passage by the likelihood of the query given the passage (Sachan et al., 2022); '
+        '`ICR` reads the attention that the query pays to each passage when all candidates share one prompt '
+        '(Chen et al., ICLR 2025): two forward passes per query, no generation.'),
     nbf.v4.new_code_cell(
         "upr = llmrank.UPR('smollm2-135m-instruct', batch_size=16)\n"
-        'upr'),
+        "icr = llmrank.ICR('smollm2-135m-instruct')\n"
+        'upr, icr'),
     nbf.v4.new_code_cell(
         'table = pt.Experiment(\n'
-        '    [bm25, bm25 % 20 >> upr],\n'
+        '    [bm25, bm25 % 20 >> upr, bm25 % 20 >> icr],\n'
         '    topics, qrels,\n'
         '    eval_metrics=[nDCG @ 10, RR(rel=2) @ 10, AP(rel=2)],\n'
-        "    names=['BM25', 'BM25 % 20 >> UPR'],\n"
+        "    names=['BM25', 'BM25 % 20 >> UPR', 'BM25 % 20 >> ICR'],\n"
         "    baseline=0, correction='holm', round=4,\n"
         ')\n'
         'table'),
     nbf.v4.new_markdown_cell('Every reranker counts its model calls, tokens and seconds per query:'),
     nbf.v4.new_code_cell(
         'print(upr.stats)\n'
+        'print(icr.stats)\n'
         'upr.stats.per_query().head()'),
     nbf.v4.new_code_cell(
         '# the checks that keep this notebook honest when it runs in the test suite\n'
         "assert {'nDCG@10 p-value', 'nDCG@10 p-value corrected'} <= set(table.columns)\n"
-        "assert len(upr.stats.per_query()) == len(topics)"),
+        "assert len(upr.stats.per_query()) == len(topics)\n"
+        "assert (icr.stats.per_query()['model_calls'] == 2).all()  # two forward passes per query"),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
