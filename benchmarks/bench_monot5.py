@@ -15,8 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import sys
 import tempfile
@@ -39,20 +37,10 @@ DATA = Path(os.environ.get('PYTERRIER_LLMRANK_DATA', REPO.parent / 'shared' / 'd
 
 def read_dl19(n_queries: int, n_docs: int) -> pd.DataFrame:
     """BM25 top-``n_docs`` passages (with text) of the first ``n_queries`` DL19 topics."""
-    run = pd.read_csv(DATA / 'runs' / 'bm25.run', sep=r'\s+', names=['qid', 'Q0', 'docno', 'rank', 'score', 'tag'],
-                      dtype={'qid': str, 'docno': str})
-    topics = pd.read_csv(DATA / 'topics.tsv', sep='\t', names=['qid', 'query'], dtype=str)
-    run = run[run['qid'].isin(topics['qid'].tolist()[:n_queries]) & (run['rank'] <= n_docs)]
-    need = set(run['docno'])
-    texts = {}
-    with gzip.open(DATA / 'docs.jsonl.gz', 'rt', encoding='utf-8') as f:
-        for line in f:
-            d = json.loads(line)
-            if d['docno'] in need:
-                texts[d['docno']] = d['text']
-    out = run.merge(topics, on='qid')[['qid', 'query', 'docno', 'score']]
-    out['text'] = out['docno'].map(texts)
-    return out.reset_index(drop=True)
+    from pyterrier_llmrank import datasets
+    dl19 = datasets.load(DATA)
+    run = (dl19.get_run('bm25') % n_docs)(dl19.get_topics().head(n_queries))
+    return run[['qid', 'query', 'docno', 'score', 'text']].reset_index(drop=True)
 
 
 def reference_padded_tokens(ref, inp: pd.DataFrame, batch_size: int) -> int:

@@ -1,6 +1,4 @@
 """MonoT5 / DuoT5 against pyterrier-t5 on a tiny random T5 (real tokenizer) and real TREC DL 2019 passages."""
-import gzip
-import json
 import warnings
 
 import numpy as np
@@ -8,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pyterrier_llmrank import datasets
 from pyterrier_llmrank.monot5 import DUOT5_SUFFIX, MONOT5_SUFFIX, DuoT5, MonoT5
 
 pyterrier_t5 = pytest.importorskip('pyterrier_t5')
@@ -25,21 +24,10 @@ def one_thread():
 
 
 def _read_dl19(folder, n_queries, n_docs):
-    run = pd.read_csv(folder / 'runs' / 'bm25.run', sep=r'\s+', names=['qid', 'Q0', 'docno', 'rank', 'score', 'tag'],
-                      dtype={'qid': str, 'docno': str})
-    topics = pd.read_csv(folder / 'topics.tsv', sep='\t', names=['qid', 'query'], dtype=str)
-    qids = topics['qid'].tolist()[:n_queries]
-    run = run[run['qid'].isin(qids) & (run['rank'] <= n_docs)]
-    need = set(run['docno'])
-    texts = {}
-    with gzip.open(folder / 'docs.jsonl.gz', 'rt', encoding='utf-8') as f:
-        for line in f:
-            d = json.loads(line)
-            if d['docno'] in need:
-                texts[d['docno']] = d['text']
-    out = run.merge(topics, on='qid')[['qid', 'query', 'docno', 'score']]
-    out['text'] = out['docno'].map(texts)
-    return out.reset_index(drop=True)
+    """BM25 top-``n_docs`` passages (with text) of the first ``n_queries`` DL19 topics."""
+    dl19 = datasets.load(folder)
+    run = (dl19.get_run('bm25') % n_docs)(dl19.get_topics().head(n_queries))
+    return run[['qid', 'query', 'docno', 'score', 'text']].reset_index(drop=True)
 
 
 @pytest.fixture(scope='module')
