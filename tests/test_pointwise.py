@@ -8,10 +8,10 @@ import copy
 
 import numpy as np
 import pandas as pd
-import pyterrier_alpha as pta
 import pytest
 import torch
 
+from conventions import check_rerank_conventions
 from pyterrier_llmrank import DeARPointwise, ProRank, YesNo
 from pyterrier_llmrank._causal import (PrefixKV, last_hidden, next_token_logits, shared_prefix_lengths,
                                        target_logprobs)
@@ -385,19 +385,8 @@ def test_batch_invariance_smollm2(smollm2, big_frame):
 def test_frame_conventions(smollm2, tiny_cls, make):
     rr = make(smollm2, tiny_cls)
     inp = frame().assign(extra=range(len(DOCS)), score=0.0, rank=0)
-    out = rr(inp)
-    assert list(out.columns) == ['qid', 'query', 'docno', 'text', 'extra', 'score', 'rank']
-    assert len(out) == len(inp) and out['extra'].tolist() == list(range(len(DOCS)))
-    for _, g in out.groupby('qid'):
-        g = g.sort_values('rank')
-        assert g['rank'].tolist() == list(range(len(g)))
-        assert (np.diff(g['score']) <= 0).all()
-    empty = rr(inp.iloc[:0])
-    assert len(empty) == 0 and {'score', 'rank', 'extra'} <= set(empty.columns)
-    with pytest.raises(pta.validate.InputValidationError, match='text'):
-        rr(inp.drop(columns=['text']))
-    with pytest.raises(pta.validate.InputValidationError, match='query'):
-        rr(inp.drop(columns=['query']))
+    out = check_rerank_conventions(rr, inp)
+    assert out['extra'].tolist() == list(range(len(DOCS)))
     stats = rr.stats.per_query().set_index('qid')
     assert stats.loc['1', 'sequences'] == 3
     assert stats['model_calls'].sum() == pytest.approx(2)  # 6 pairs, batches of 4

@@ -1,10 +1,10 @@
 """UPR: exact templates, scores equal to a direct computation, batch invariance, truncation, frames."""
 import numpy as np
 import pandas as pd
-import pyterrier_alpha as pta
 import pytest
 import torch
 
+from conventions import check_rerank_conventions
 from pyterrier_llmrank import UPR
 from pyterrier_llmrank.upr import UPR_PASSAGE_TEMPLATE, UPR_QUESTION_TEMPLATE
 
@@ -101,19 +101,7 @@ def test_title_column_is_used(smollm2):
 def test_frame_conventions(smollm2):
     upr = UPR(smollm2, batch_size=3)
     inp = frame().assign(extra=range(len(DOCS)), score=0.0, rank=0)
-    out = upr(inp)
-    assert list(out.columns) == ['qid', 'query', 'docno', 'text', 'extra', 'score', 'rank']
-    assert len(out) == len(inp)
-    for _, g in out.groupby('qid'):
-        g = g.sort_values('rank')
-        assert g['rank'].tolist() == list(range(len(g)))
-        assert (np.diff(g['score']) <= 0).all()
-    # empty input: empty frame with the output columns
-    empty = upr(inp.iloc[:0])
-    assert len(empty) == 0 and {'score', 'rank', 'extra'} <= set(empty.columns)
-    # missing columns are named
-    with pytest.raises(pta.validate.InputValidationError, match='text'):
-        upr(inp.drop(columns=['text']))
+    check_rerank_conventions(upr, inp)
     # efficiency counters per query
     stats = upr.stats.per_query().set_index('qid')
     assert stats.loc['1', 'sequences'] == 3  # one transform call with data: three docs of qid 1
