@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, Sequ
 
 import numpy as np
 import pandas as pd
+import pyterrier as pt
 import torch
 
 from pyterrier_llmrank import models
@@ -110,7 +111,8 @@ class GenerationBackend:
     name: str = 'backend'
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:
+                 top_p: float = 1.0, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:
         """Generate an answer to every prompt, in order.
 
         Args:
@@ -119,6 +121,7 @@ class GenerationBackend:
             temperature: 0 (the default) decodes greedily; above 0 samples with ``top_p``.
             top_p: nucleus sampling mass when sampling.
             seed: seed of the sampler (used only when sampling).
+            progress: called with the number of prompts answered after each model call (progress bars).
         """
         raise NotImplementedError
 
@@ -167,7 +170,8 @@ class HFGenerationBackend(GenerationBackend):
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # noqa: D102
+                 top_p: float = 1.0, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # noqa: D102
         out: List[Optional[Generation]] = [None] * len(prompts)
         if not prompts:
             return []
@@ -203,6 +207,8 @@ class HFGenerationBackend(GenerationBackend):
                 out[i] = g
                 gens.append(g)
             _share(gens, seconds)
+            if progress is not None:
+                progress(len(idx))
         return out  # type: ignore[return-value]
 
 
@@ -239,7 +245,8 @@ class VLLMBackend(GenerationBackend):
         self.batch_size = batch_size
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # pragma: no cover - needs vLLM
+                 top_p: float = 1.0, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # pragma: no cover - needs vLLM
         params = self._vllm.SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                            max_tokens=max_new_tokens, seed=seed if temperature > 0 else None)
         result: List[Generation] = []
@@ -253,6 +260,8 @@ class VLLMBackend(GenerationBackend):
                     for o in outs]
             _share(gens, seconds)
             result.extend(gens)
+            if progress is not None:
+                progress(len(gens))
         return result
 
 
@@ -303,7 +312,8 @@ class ScriptedBackend(GenerationBackend):
         return len(text.split())
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None) -> List[Generation]:  # noqa: D102
+                 top_p: float = 1.0, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # noqa: D102
         self.settings.append(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
         out: List[Generation] = []
         for b in range(0, len(prompts), self.batch_size):
@@ -318,6 +328,8 @@ class ScriptedBackend(GenerationBackend):
                 gens.append(Generation(text, prompt_tokens=n, generated_tokens=self._count(text), padded_tokens=n))
             _share(gens, time.perf_counter() - start)
             out.extend(gens)
+            if progress is not None:
+                progress(len(gens))
         return out
 
 
@@ -516,11 +528,16 @@ class GenerativeReranker(Reranker):
                 pending[i] = (algo, next(algo))
             except StopIteration as stop:
                 orders[i] = stop.value
+        bar = pt.tqdm(total=0, desc=repr(self), unit='prompt') if self.verbose else None
         rounds = 0
         while pending:
             keys = list(pending)
+            if bar is not None:  # the algorithms decide the next prompts from the answers: the total grows by rounds
+                bar.total += len(keys)
+                bar.refresh()
             gens = self.backend.generate([pending[k][1] for k in keys], self.max_new_tokens,
-                                         temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+                                         temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                         progress=bar.update if bar is not None else None)
             rounds += 1
             nxt: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
             for k, g in zip(keys, gens):
@@ -533,6 +550,8 @@ class GenerativeReranker(Reranker):
                 except StopIteration as stop:
                     orders[k] = stop.value
             pending = nxt
+        if bar is not None:
+            bar.close()
         scores = np.zeros(len(inp), dtype='float64')
         for i, st in enumerate(states):
             order = list(orders[i])

@@ -158,6 +158,8 @@ def load_causal_lm(model: ModelRef = 'smollm2-135m-instruct', device: Union[str,
 
     Args:
         model: hub name, local folder, short name (``smollm2-135m-instruct``) or a ``(model, tokenizer)`` pair.
+            A local folder holding a peft adapter (``adapter_config.json``, as the training recipes of
+            :mod:`pyterrier_llmrank.train` write) is loaded on its base model and merged.
         device: ``'auto'`` (cuda if available, else cpu), ``'cpu'``, ``'cuda:0'``, ...
         dtype: ``'auto'``, a ``torch.dtype`` or its name.
         tokenizer: optional tokenizer (object or name) overriding the model's own.
@@ -167,7 +169,40 @@ def load_causal_lm(model: ModelRef = 'smollm2-135m-instruct', device: Union[str,
         ``(model, tokenizer)``, the model in eval mode on ``device``.
     """
     from transformers import AutoModelForCausalLM
+    if not isinstance(model, tuple):
+        adapter = _local_adapter(model)
+        if adapter is not None:
+            return _load_adapter(adapter, AutoModelForCausalLM, device, dtype, tokenizer, **kwargs)
     return _load(model, AutoModelForCausalLM, device, dtype, tokenizer, **kwargs)
+
+
+def _local_adapter(model: Union[str, os.PathLike]) -> Optional[Path]:
+    """``model`` as a local folder holding a peft adapter (``adapter_config.json``), else ``None``."""
+    path = Path(str(model)).expanduser()
+    if path.is_dir() and (path / 'adapter_config.json').exists():
+        return path
+    return None
+
+
+def _load_adapter(path: Path, auto_cls: Callable, device: Union[str, torch.device, None], dtype: Any,
+                  tokenizer: Any = None, **model_kwargs: Any) -> Tuple[Any, Any]:
+    """Loads a local peft LoRA adapter folder on its base model and merges it (``merge_and_unload``).
+
+    The base is the adapter's ``base_model_name_or_path`` (a hub name, folder or short name of
+    :data:`SHORT_NAMES`); the tokenizer is the adapter folder's when it has one, else the base's.
+    """
+    from peft import PeftConfig, PeftModel
+    cfg = PeftConfig.from_pretrained(str(path))
+    base = cfg.base_model_name_or_path
+    if not base:
+        raise ValueError(f'{path}/adapter_config.json names no base_model_name_or_path')
+    if tokenizer is None:
+        tokenizer = str(path) if (path / 'tokenizer_config.json').exists() else base
+    mdl, tok = _load(base, auto_cls, device, dtype, tokenizer, **model_kwargs)
+    mdl = PeftModel.from_pretrained(mdl, str(path)).merge_and_unload()
+    mdl.eval()
+    mdl.config._name_or_path = str(path)
+    return mdl, tok
 
 
 def load_seq2seq_lm(model: ModelRef, device: Union[str, torch.device, None] = 'auto', dtype: Any = 'auto',

@@ -275,11 +275,13 @@ def test_reprs():
     assert repr(RankR1(ScriptedBackend([]))) == "RankR1('scripted', num_child=19, k=10, shuffle=True)"
 
 
-def test_verbose_prints_one_summary_line(capsys):
+def test_verbose_prints_progress_and_one_summary_line(capsys):
     RankGPT(ScriptedBackend(['[2] > [2]', 'x']), verbose=True)(
         pd.concat([run_frame(3, qid='a'), run_frame(3, qid='b')], ignore_index=True))
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.out.splitlines() if ln.strip()]
     assert len(lines) == 1
+    assert '2/2' in captured.err and 'prompt' in captured.err  # the progress bar counts prompts answered
     assert '2 queries' in lines[0] and 'repaired 1/2' in lines[0] and 'unparsable 1/2' in lines[0]
 
 
