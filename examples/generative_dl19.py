@@ -4,8 +4,8 @@ RankGPT: Sun et al., EMNLP 2023. Setwise: Zhuang et al., SIGIR 2024. Rank-R1: Zh
 
 Usage (offline; the stored BM25 run with texts comes from ``../shared/data``)::
 
-    HF_HUB_OFFLINE=1 python examples/generative_dl19.py [--queries N] [--out DIR] [--threads T]
-        [--rankgpt-tokens 100] [--rankr1-tokens 128] [--batch-size 8]
+    HF_HUB_OFFLINE=1 python examples/generative_dl19.py [--queries N] [--methods rankgpt,setwise,rankr1]
+        [--out DIR] [--threads T] [--rankgpt-tokens 100] [--rankr1-tokens 128] [--batch-size 8]
 
 One ``pt.Experiment``: BM25 (baseline), ``bm25 % 20 >> RankGPT`` (one window of 20), ``bm25 % 20 >> Setwise``
 (num_child 19, top 10 sorted, one generated token per comparison) and ``bm25 % 20 >> RankR1`` (the Rank-R1 v0.1
@@ -13,6 +13,11 @@ reasoning prompt on SmolLM2, which was not trained for it); nDCG@10, RR(rel=2)@1
 against BM25 with Holm correction. Afterwards, per reranker: LLM calls, prompt and generated tokens, model
 seconds per query and the share of answers that had to be repaired or could not be parsed, from the rerankers'
 efficiency stats; the traces (every raw answer) are written to ``DIR/trace_*.csv``.
+
+Every method's run, per-query stats and trace are kept in ``DIR`` and extended query by query: a later call
+with more topics computes only the topics missing, and ``--methods`` picks the rerankers to evaluate. Generation
+on a 2-core CPU is slow (SmolLM2 reads about 100 prompt tokens a second there), so the figures of the README come
+from two calls: ``--methods rankgpt`` on all 43 topics and ``--methods rankgpt,setwise,rankr1 --queries N``.
 
 Generation on a CPU is slow, so the answers are capped: ``--rankgpt-tokens`` (100: a permutation of 20 ids takes
 about 120 SmolLM2 tokens, the ids it did not reach are appended in BM25 order by RankGPT's repair rule) and
@@ -37,10 +42,39 @@ from pyterrier_llmrank import RankGPT, RankR1, Setwise, datasets  # noqa: E402
 from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
 
 
+METHODS = ('rankgpt', 'setwise', 'rankr1')
+NAMES = {'rankgpt': 'RankGPT', 'setwise': 'Setwise', 'rankr1': 'RankR1'}
+
+
+def _load(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={'qid': str, 'docno': str}) if os.path.exists(path) else pd.DataFrame()
+
+
+def run_method(name: str, reranker, candidates: pd.DataFrame, topics: pd.DataFrame, out: str) -> pd.DataFrame:
+    """The reranker's run on ``topics``, computing only the topics not yet stored in ``out``."""
+    run_f, stats_f, trace_f = (os.path.join(out, f'{kind}_{name}.csv') for kind in ('run', 'stats', 'trace'))
+    run, stats, trace = _load(run_f), _load(stats_f), _load(trace_f)
+    done = set(run['qid']) if len(run) else set()
+    todo = [q for q in topics['qid'] if q not in done]
+    if todo:
+        reranker.stats.reset()
+        reranker.reset()
+        print(f'{name}: {len(todo)} topics to rerank ({len(done)} stored)', flush=True)
+        new = reranker(candidates[candidates['qid'].isin(todo)])
+        run = pd.concat([run, new[['qid', 'docno', 'score', 'rank']]], ignore_index=True)
+        stats = pd.concat([stats, reranker.stats.per_query()], ignore_index=True)
+        trace = pd.concat([trace, reranker.trace()], ignore_index=True)
+        run.to_csv(run_f, index=False)
+        stats.to_csv(stats_f, index=False)
+        trace.to_csv(trace_f, index=False)
+    return run[run['qid'].isin(set(topics['qid']))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--queries', type=int, default=0, help='first N topics only (0: all 43)')
-    ap.add_argument('--out', default='generative_dl19_out', help='folder for the runs, traces and tables')
+    ap.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated subset of {",".join(METHODS)}')
+    ap.add_argument('--out', default='generative_dl19_out', help='folder for the runs, stats, traces and tables')
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads (1 by default: on a shared CPU, more threads than free cores make '
                          'matrix products spin and run up to 30x slower; 0: torch default)')
@@ -48,6 +82,10 @@ def main() -> None:
     ap.add_argument('--rankr1-tokens', type=int, default=128, help='max_new_tokens of RankR1')
     ap.add_argument('--batch-size', type=int, default=8, help='prompts per generate call')
     args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(',') if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        ap.error(f'unknown methods {unknown}; choose among {list(METHODS)}')
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -57,43 +95,43 @@ def main() -> None:
     if args.queries:
         topics = topics.head(args.queries)
     bm25 = dl19.get_run('bm25')
+    candidates = (bm25 % 20)(topics)
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
-    rerankers = {
-        'RankGPT': RankGPT(llm, window=20, step=10, max_new_tokens=args.rankgpt_tokens, batch_size=args.batch_size,
-                           verbose=True),
-        'Setwise': Setwise(llm, num_child=19, k=10, batch_size=args.batch_size, verbose=True),
-        'RankR1': RankR1(llm, num_child=19, k=10, max_new_tokens=args.rankr1_tokens, batch_size=args.batch_size,
-                         verbose=True),
+    make = {
+        'rankgpt': lambda: RankGPT(llm, window=20, step=10, max_new_tokens=args.rankgpt_tokens,
+                                   batch_size=args.batch_size, verbose=True),
+        'setwise': lambda: Setwise(llm, num_child=19, k=10, batch_size=args.batch_size, verbose=True),
+        'rankr1': lambda: RankR1(llm, num_child=19, k=10, max_new_tokens=args.rankr1_tokens,
+                                 batch_size=args.batch_size, verbose=True),
     }
-    names = ['BM25'] + [f'BM25_top20_{n}_smollm2' for n in rerankers]
-    systems = [bm25] + [bm25 % 20 >> r for r in rerankers.values()]
     start = time.time()
-    res = pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR(rel=2) @ 10, AP(rel=2), 'mrt'], names=names,
-                        baseline=0, correction='holm', save_dir=args.out, save_mode='reuse', round=4, verbose=True)
+    runs = {m: run_method(NAMES[m], make[m](), candidates, topics, args.out) for m in methods}
     elapsed = time.time() - start
+    names = ['BM25'] + [f'BM25_top20_{NAMES[m]}_smollm2' for m in methods]
+    systems = [bm25] + [pt.Transformer.from_df(runs[m]) for m in methods]
+    res = pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR(rel=2) @ 10, AP(rel=2)], names=names,
+                        baseline=0, correction='holm', round=4)
     pd.set_option('display.width', 250)
     pd.set_option('display.max_columns', 30)
+    print(f'{len(topics)} topics')
     print(res.to_string())
-    res.to_csv(os.path.join(args.out, 'experiment.csv'), index=False)
+    res.to_csv(os.path.join(args.out, f'experiment_{"_".join(methods)}_{len(topics)}q.csv'), index=False)
 
     rows = []
-    for name, rr in rerankers.items():
-        pq = rr.stats.per_query()
-        if not len(pq):  # the run was reused from save_dir
-            continue
+    wanted = set(topics['qid'])
+    for m in methods:
+        pq = _load(os.path.join(args.out, f'stats_{NAMES[m]}.csv'))
+        pq = pq[pq['qid'].isin(wanted)]
         calls = pq['sequences'].sum()
-        rows.append({'reranker': name, 'queries': len(pq), 'LLM calls/query': pq['sequences'].mean(),
+        rows.append({'reranker': NAMES[m], 'queries': len(pq), 'LLM calls/query': pq['sequences'].mean(),
                      'generate calls/query': pq['model_calls'].mean(), 'prompt tokens/query': pq['input_tokens'].mean(),
                      'generated tokens/query': pq['generated_tokens'].mean(), 's/query': pq['seconds'].mean(),
                      'repaired %': 100 * pq['repaired'].sum() / calls,
                      'unparsable %': 100 * pq['unparsable'].sum() / calls})
-        pq.to_csv(os.path.join(args.out, f'stats_{name}.csv'), index=False)
-        rr.trace().to_csv(os.path.join(args.out, f'trace_{name}.csv'), index=False)
-    if rows:
-        print(pd.DataFrame(rows).round(2).to_string(index=False))
+    print(pd.DataFrame(rows).round(2).to_string(index=False))
     print(f'caps: RankGPT max_new_tokens {args.rankgpt_tokens}, Setwise 1, RankR1 {args.rankr1_tokens}; '
-          f'{len(topics)} topics; total wall time {elapsed:.0f} s, torch threads {torch.get_num_threads()}')
+          f'{len(topics)} topics; wall time of this call {elapsed:.0f} s, torch threads {torch.get_num_threads()}')
 
 
 if __name__ == '__main__':
