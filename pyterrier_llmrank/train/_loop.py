@@ -1,0 +1,150 @@
+"""The deterministic, resumable training loop of the supervised recipes (``distill``, ``sft``, ``contrastive``).
+
+One optimizer step takes ``grad_accum`` micro-batches of ``batch_size`` groups. The groups are read in an
+order fixed by the seed (a new seeded permutation of all groups at each pass), so the micro-batch of every
+step is known in advance and a resumed run sees exactly the batches the uninterrupted run would have seen.
+Optimizer: AdamW; schedule: linear warm-up over ``warmup_ratio * steps`` then linear decay to 0 (as the
+Hugging Face ``Trainer`` default used by the reference recipes); gradients clipped to ``max_grad_norm``.
+Every ``save_steps`` steps (and at the end, or when ``stop_after`` steps of this invocation are done) the loop
+writes a checkpoint (:func:`~pyterrier_llmrank.train._common.save_checkpoint`); every step it appends a row
+to ``<output_dir>/log.csv``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pyterrier as pt
+import torch
+
+from pyterrier_llmrank.train._common import (CSVLogger, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                             set_seed)
+
+__all__ = ['LOOP_DEFAULTS', 'train_loop', 'batch_indices', 'used_groups', 'config_fingerprint']
+
+#: Loop settings of every supervised recipe and their defaults.
+LOOP_DEFAULTS: Dict[str, Any] = {
+    'steps': 100, 'batch_size': 1, 'grad_accum': 1, 'lr': 1e-4, 'warmup_ratio': 0.1, 'weight_decay': 0.0,
+    'max_grad_norm': 1.0, 'save_steps': 50, 'keep_checkpoints': 2, 'stop_after': None, 'resume': True,
+}
+
+LOSS = Callable[[List[Dict[str, Any]]], Tuple[torch.Tensor, Dict[str, float]]]
+
+
+def config_fingerprint(cfg: Dict[str, Any], ignore: Sequence[str] = ('stop_after', 'resume', 'threads', 'verbose',
+                                                                      'save_steps', 'keep_checkpoints')) -> str:
+    """A hash of the settings that determine the result (checked when resuming)."""
+    kept = {k: v for k, v in cfg.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def batch_indices(n: int, seed: int, step: int, micro: int, batch_size: int, grad_accum: int) -> List[int]:
+    """Indices of the groups of micro-batch ``micro`` of optimizer step ``step`` (0-based)."""
+    start = (step * grad_accum + micro) * batch_size
+    out = []
+    for k in range(start, start + batch_size):
+        epoch, pos = divmod(k, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append(int(perm[pos]))
+    return out
+
+
+def used_groups(n: int, cfg: Dict[str, Any], seed: int) -> List[int]:
+    """Sorted indices of the groups that the ``steps`` steps of ``cfg`` read (e.g. to score only those with a
+    teacher)."""
+    opts = {k: cfg.get(k, v) for k, v in LOOP_DEFAULTS.items()}
+    bs, accum = int(opts['batch_size']), int(opts['grad_accum'])
+    return sorted({i for step in range(int(opts['steps'])) for m in range(accum)
+                   for i in batch_indices(n, seed, step, m, bs, accum)})
+
+
+def _lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return float(step + 1) / float(max(1, warmup))
+        return max(0.0, float(steps - step) / float(max(1, steps - warmup)))
+    return f
+
+
+def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LOSS, *, output_dir: str,
+               cfg: Dict[str, Any], seed: int, log_columns: Sequence[str], desc: str = 'training',
+               verbose: bool = True) -> Dict[str, Any]:
+    """Trains the parameters of ``model`` that require gradients; resumes from the newest checkpoint.
+
+    Args:
+        model: The model (put in training mode here).
+        groups: The training groups (:func:`~pyterrier_llmrank.train.data.training_groups`).
+        loss_fn: Maps a micro-batch (list of groups) to ``(loss, {column: float})``.
+        output_dir: Where ``log.csv`` and ``checkpoints/`` go.
+        cfg: The recipe configuration; the keys of :data:`LOOP_DEFAULTS` are read from it.
+        seed: The seed of the data order and of the random states.
+        log_columns: The value columns of ``log.csv`` besides ``loss``, ``lr`` and ``seconds``.
+        desc: Progress-bar label.
+        verbose: Show a progress bar.
+
+    Returns:
+        ``{'steps_done', 'resumed_from', 'seconds', 'finished'}``.
+    """
+    opts = {k: cfg.get(k, v) for k, v in LOOP_DEFAULTS.items()}
+    steps, bs, accum = int(opts['steps']), int(opts['batch_size']), int(opts['grad_accum'])
+    if steps < 1 or bs < 1 or accum < 1:
+        raise ValueError('steps, batch_size and grad_accum must be >= 1')
+    if not groups:
+        raise ValueError('no training groups')
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(opts['lr']), weight_decay=float(opts['weight_decay']))
+    warmup = int(math.ceil(float(opts['warmup_ratio']) * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, warmup))
+    fingerprint = config_fingerprint(cfg)
+
+    set_seed(seed)
+    start, resumed_from = 0, None
+    ckpt = latest_checkpoint(out) if opts['resume'] else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        if state['extra'].get('fingerprint') != fingerprint:
+            raise ValueError(f'{ckpt} was written with another configuration; use a new output_dir or resume=false')
+        start, resumed_from = state['step'], str(ckpt)
+    logger = CSVLogger(out / 'log.csv', ['loss', 'lr', *log_columns, 'seconds'], resume_step=start)
+
+    model.train()
+    stop_after = opts['stop_after']
+    end = steps if stop_after is None else min(steps, start + int(stop_after))
+    t0 = time.time()
+    bar = pt.tqdm(total=steps, initial=start, desc=desc, unit='step', disable=not verbose)
+    step = start
+    for step in range(start, end):
+        t_step = time.time()
+        optimizer.zero_grad(set_to_none=True)
+        total, sums = 0.0, {c: 0.0 for c in log_columns}
+        for micro in range(accum):
+            batch = [groups[i] for i in batch_indices(len(groups), seed, step, micro, bs, accum)]
+            loss, parts = loss_fn(batch)
+            (loss / accum).backward()
+            total += float(loss.detach()) / accum
+            for c in log_columns:
+                sums[c] += float(parts.get(c, float('nan'))) / accum
+        if opts['max_grad_norm']:
+            torch.nn.utils.clip_grad_norm_(params, float(opts['max_grad_norm']))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        logger.log(step + 1, loss=total, lr=float(lr), **sums, seconds=round(time.time() - t_step, 3))
+        bar.update(1)
+        bar.set_postfix(loss=f'{total:.4f}')
+        done = step + 1
+        if done % int(opts['save_steps']) == 0 or done == end:
+            save_checkpoint(out, done, model, optimizer, scheduler, extra={'fingerprint': fingerprint},
+                            keep=int(opts['keep_checkpoints']))
+    bar.close()
+    model.eval()
+    done = end if end > start else start
+    return {'steps_done': done, 'resumed_from': resumed_from, 'seconds': round(time.time() - t0, 2),
+            'finished': done >= steps}
