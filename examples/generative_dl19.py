@@ -16,8 +16,8 @@ efficiency stats; the traces (every raw answer) are written to ``DIR/trace_*.csv
 
 Every method's run, per-query stats and trace are kept in ``DIR`` and extended query by query: a later call
 with more topics computes only the topics missing, and ``--methods`` picks the rerankers to evaluate. Generation
-on a 2-core CPU is slow (SmolLM2 reads about 100 prompt tokens a second there), so the figures of the README come
-from two calls: ``--methods rankgpt`` on all 43 topics and ``--methods rankgpt,setwise,rankr1 --queries N``.
+on a 2-core CPU is slow, so the figures of the README come from successive calls: ``--methods rankgpt`` and
+``--methods rankgpt,setwise`` on all 43 topics, then ``--methods rankgpt,setwise,rankr1 --queries 16``.
 
 Generation on a CPU is slow, so the answers are capped: ``--rankgpt-tokens`` (100: a permutation of 20 ids takes
 about 120 SmolLM2 tokens, the ids it did not reach are appended in BM25 order by RankGPT's repair rule) and
