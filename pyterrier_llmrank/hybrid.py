@@ -36,7 +36,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import EfficiencyStats
+from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.dense_models import MINILM_SHORT_NAME, minilm_path
 
 __all__ = ['DENSE_SHORT_NAMES', 'bi_encoder', 'dense_index', 'dense_index_path', 'DenseRetriever', 'fuse',

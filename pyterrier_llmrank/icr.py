@@ -39,8 +39,8 @@ import pyterrier as pt
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import Reranker
-from pyterrier_llmrank._causal import chat_parts
+from pyterrier_llmrank.base import Reranker
+from pyterrier_llmrank.causal import chat_parts
 
 __all__ = ['ICR', 'ICR_INSTRUCTION', 'ICR_LATE_INSTRUCTION_IE', 'ICR_LATE_INSTRUCTION_QA', 'ICR_QUERY_PREFIX',
            'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'ATTENTION_NAME', 'IcrPrompt']

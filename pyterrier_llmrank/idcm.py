@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import Reranker
+from pyterrier_llmrank.base import Reranker
 
 __all__ = ['IDCM', 'IDCMModel', 'train_etm', 'distill_esm', 'lambda_loss', 'split_windows',
            'IDCM_KERNEL_MU', 'IDCM_KERNEL_SIGMA', 'IDCM_CHUNK_SIZE', 'IDCM_OVERLAP', 'IDCM_SAMPLE_N',

@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from pyterrier_llmrank._generation import (Algorithm, ChatPrompt, GenerativeReranker, _QueryState, cut_words,
-                                           parse_permutation, sliding_windows)
+from pyterrier_llmrank.backends import ChatPrompt
+from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState, cut_words
 
-__all__ = ['RankGPT', 'DeARListwise', 'listwise_messages',
+__all__ = ['RankGPT', 'DeARListwise', 'listwise_messages', 'sliding_windows', 'parse_permutation',
            'RANKGPT_SYSTEM', 'RANKGPT_PREFIX_USER', 'RANKGPT_PREFIX_ASSISTANT', 'RANKGPT_PASSAGE',
            'RANKGPT_RECEIVED', 'RANKGPT_POST', 'DEAR_SYSTEM', 'DEAR_PREFIX_USER', 'DEAR_POST', 'DEAR_THINK_PATTERN']
 
@@ -46,6 +46,59 @@ DEAR_POST = ('Search Query: {query}.\n'
              'Output format strictly: [2] > [1] > [3] ... Only output the ranking using identifiers; no explanations.')
 # DataScienceUIBK/DeAR-Reranking listwise_rerank/prompts.py: extract_after_think (DOTALL | IGNORECASE)
 DEAR_THINK_PATTERN = r'</think>\s*(.*)'
+
+
+def sliding_windows(n: int, window: int, step: int) -> List[Tuple[int, int]]:
+    """Windows ``[start, end)`` over the top ``n`` documents, from the bottom of the list to the top.
+
+    As RankGPT's ``sliding_windows``: the first window is ``[n - window, n)``, each next one ``step`` higher, while
+    its start is >= 0 (``n=100, window=20, step=10`` gives 9 windows, ``[80, 100)`` ... ``[0, 20)``). Two cases the
+    reference leaves out are covered: ``n <= window`` gives the single window ``[0, n)``, and when the last window
+    does not start at 0 (``(n - window) % step != 0``) a final window ``[0, window)`` is added so that the top
+    documents are ranked too (the reference would never show them to the model).
+    """
+    if window < 1 or step < 1:
+        raise ValueError('window and step must be >= 1')
+    if n <= 0:
+        return []
+    if n <= window:
+        return [(0, n)]
+    out = []
+    end, start = n, n - window
+    while start >= 0:
+        out.append((start, end))
+        end -= step
+        start -= step
+    if out[-1][0] > 0:
+        out.append((0, window))
+    return out
+
+
+def parse_permutation(text: str, n: int) -> Tuple[List[int], str]:
+    """RankGPT's permutation parser and repair, returning 0-based positions and a status.
+
+    Rule (sunnweiwei/RankGPT ``rank_gpt.py``, ``clean_response`` / ``receive_permutation``): every non-digit becomes
+    a space; the numbers are read as 1-based identifiers; duplicates are removed (first occurrence kept); ids
+    outside ``1..n`` are dropped; the ids never mentioned are appended in their original order.
+
+    Returns:
+        ``(order, status)``: ``status`` is ``'ok'`` when the answer named every id exactly once and nothing else,
+        ``'unparsable'`` when it named no valid id at all (the window keeps its order), ``'repaired'`` otherwise.
+    """
+    nums = [int(x) - 1 for x in ''.join(c if c.isdigit() else ' ' for c in text).split()]
+    seen: List[int] = []
+    for x in nums:
+        if x not in seen:
+            seen.append(x)
+    valid = [x for x in seen if 0 <= x < n]
+    order = valid + [x for x in range(n) if x not in valid]
+    if not valid:
+        status = 'unparsable'
+    elif len(nums) == n and len(valid) == n:
+        status = 'ok'
+    else:
+        status = 'repaired'
+    return order, status
 
 
 def listwise_messages(query: str, passages: Sequence[str], *, system: str, prefix_user: str, prefix_assistant: str,
@@ -93,7 +146,7 @@ class _SlidingWindowListwise(GenerativeReranker):
     def _answer_text(self, text: str) -> str:
         return text
 
-    def _algorithm(self, st: _QueryState) -> Algorithm:
+    def _algorithm(self, st: QueryState) -> Algorithm:
         n = len(st.rows) if self.depth is None else min(self.depth, len(st.rows))
         order = list(range(len(st.rows)))
         for start, end in sliding_windows(n, self.window, self.step):
@@ -115,7 +168,7 @@ class RankGPT(_SlidingWindowListwise):
     bottom of the list to the top (``depth=100, window=20, step=10``: 9 calls per query), each window a multi-turn
     chat (:data:`RANKGPT_SYSTEM`, one user turn ``[i] passage`` and one ``Received passage [i].`` per passage, last
     :data:`RANKGPT_POST`); passages are cut to their first 300 words. The answer is read by RankGPT's rule
-    (:func:`~pyterrier_llmrank._generation.parse_permutation`): non-digits become spaces, numbers are 1-based ids,
+    (:func:`~pyterrier_llmrank.listwise.parse_permutation`): non-digits become spaces, numbers are 1-based ids,
     duplicates are removed, out-of-range ids dropped and missing ids appended in their original order; a window
     whose answer needed any of this is counted ``repaired``, one with no valid id ``unparsable`` (it keeps its
     order). Score = -rank; documents below ``depth`` keep their first-stage order beneath the reranked ones.

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
+
+from pyterrier_llmrank.folders import build_folder, cache_dir, is_built
 
 __all__ = [
     'cache_dir', 'resolve_device', 'resolve_dtype', 'resolve_model_path', 'load_causal_lm',
@@ -29,15 +29,6 @@ __all__ = [
 ]
 
 ModelRef = Union[str, os.PathLike, Tuple[Any, Any]]
-
-
-def cache_dir() -> Path:
-    """The toolkit's cache folder: ``$PYTERRIER_LLMRANK_CACHE`` or ``~/.cache/pyterrier_llmrank``."""
-    path = os.environ.get('PYTERRIER_LLMRANK_CACHE')
-    if path:
-        return Path(path).expanduser()
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return Path(base) / 'pyterrier_llmrank'
 
 
 @dataclass(frozen=True)
@@ -101,26 +92,7 @@ def _convert_packaged_gguf(name: str, spec: _PackagedGGUF, target: Path) -> None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    write_folder_atomically(target, write, marker='config.json')
-
-
-def write_folder_atomically(target: Path, write: Callable[[Path], None], marker: str) -> None:
-    """Fill a temporary folder beside ``target`` with ``write`` and rename it into place.
-
-    An interrupted write never leaves a partial ``target``; when a concurrent writer wins the rename, its folder
-    (recognised by the file ``marker``) is kept.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-', dir=target.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / marker).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_folder(target, write, marker='config.json')
 
 
 def resolve_model_path(name: Union[str, os.PathLike]) -> str:
@@ -133,7 +105,7 @@ def resolve_model_path(name: Union[str, os.PathLike]) -> str:
     if spec is None:
         return name
     target = cache_dir() / 'models' / name.lower()
-    if not (target / 'config.json').exists():
+    if not is_built(target, 'config.json'):
         _convert_packaged_gguf(name.lower(), spec, target)
     return str(target)
 

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import PointwiseReranker, Reranker
+from pyterrier_llmrank.base import PointwiseReranker, Reranker
 
 __all__ = ['MonoT5', 'DuoT5', 'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
            'DUOT5_DOC1_TEMPLATE', 'DUOT5_SUFFIX', 'TRUE_TOKEN', 'FALSE_TOKEN', 't5_true_logprobs']

@@ -14,8 +14,8 @@
   (``PointwiseLlmRanker``, ``method="yes_no"``; Zhuang et al., "A Setwise Approach for Effective and Highly
   Efficient Zero-shot Ranking with Large Language Models", SIGIR 2024).
 
-All three are :class:`~pyterrier_llmrank._base.PointwiseReranker`\\ s on the scoring core of
-:mod:`pyterrier_llmrank._causal`: pairs are sorted by length and batched with left padding, only the logits
+All three are :class:`~pyterrier_llmrank.base.PointwiseReranker`\\ s on the scoring core of
+:mod:`pyterrier_llmrank.causal`: pairs are sorted by length and batched with left padding, only the logits
 (or the one hidden state) read are computed, and the prompt prefix that the pairs of a query share (chat
 header, system turn and, where the template puts it first, the query) is run through the model once per
 query and its key/value states reused for every document (``prefix_reuse=True``).
@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import PointwiseReranker, fit_pieces
-from pyterrier_llmrank._causal import (PrefixKV, chat_parts, last_hidden, next_token_logits, pad_id,
+from pyterrier_llmrank.base import PointwiseReranker, fit_pieces
+from pyterrier_llmrank.causal import (PrefixKV, chat_parts, last_hidden, next_token_logits, pad_id,
                                        shared_prefix_lengths, special_tokens_around)
 
 __all__ = ['ProRank', 'DeARPointwise', 'YesNo',

@@ -36,8 +36,9 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_llmrank._base import EfficiencyStats
-from pyterrier_llmrank._generation import ChatPrompt, Generation, resolve_backend, truncate_tokens
+from pyterrier_llmrank.base import EfficiencyStats
+from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
+from pyterrier_llmrank.generative import truncate_tokens
 from pyterrier_llmrank.hybrid import FUSION_METHODS, fuse
 
 __all__ = ['REWRITE_SYSTEM', 'REWRITE_PROMPT', 'DECOMPOSE_SYSTEM', 'DECOMPOSE_PROMPT', 'ANSWER_SYSTEM',

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, Generator, List, Optional, Sequence
 
-from pyterrier_llmrank._generation import (Algorithm, ChatPrompt, Generation, GenerativeReranker, _QueryState,
-                                           truncate_tokens)
+from pyterrier_llmrank.backends import ChatPrompt, Generation
+from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState, truncate_tokens
 
 __all__ = ['Setwise', 'RankR1', 'SETWISE_LABELS', 'SETWISE_PASSAGE', 'SETWISE_PASSAGE_SEPARATOR', 'SETWISE_PROMPT',
            'SETWISE_ASSISTANT_PREFIX', 'RANKR1_LABELS', 'RANKR1_SYSTEM', 'RANKR1_USER', 'RANKR1_DOC',
@@ -135,7 +135,7 @@ class Setwise(GenerativeReranker):
 
     # -- algorithm ----------------------------------------------------------------------------------------------
 
-    def _compare(self, st: _QueryState, query: str, texts: List[str],
+    def _compare(self, st: QueryState, query: str, texts: List[str],
                  docs: List[int]) -> Generator[ChatPrompt, Generation, int]:
         """One comparison of the documents at positions ``docs`` (parent first); returns the winner's index in
         ``docs`` (0, the parent, when the answer does not parse)."""
@@ -151,7 +151,7 @@ class Setwise(GenerativeReranker):
         self._record(st, 'compare', shown, gen, st.docnos[shown[choice]], 'ok')
         return perm[choice]
 
-    def _algorithm(self, st: _QueryState) -> Algorithm:
+    def _algorithm(self, st: QueryState) -> Algorithm:
         tok = self.tokenizer
         query = truncate_tokens(tok, st.query, self.max_query_tokens)
         texts = [truncate_tokens(tok, t, self.max_passage_tokens) for t in st.texts]

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._base import PointwiseReranker, fit_pieces
-from pyterrier_llmrank._causal import chat_parts, pad_id, special_tokens_around, target_logprobs
+from pyterrier_llmrank.base import PointwiseReranker, fit_pieces
+from pyterrier_llmrank.causal import chat_parts, pad_id, special_tokens_around, target_logprobs
 
 __all__ = ['UPR', 'UPR_PASSAGE_TEMPLATE', 'UPR_HEAD', 'UPR_VERBALIZER', 'UPR_QUESTION_TEMPLATE']
 

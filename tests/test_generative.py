@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pyterrier_llmrank import DeARListwise, RankGPT, RankR1, ScriptedBackend, Setwise
-from pyterrier_llmrank._generation import (ChatPrompt, HFGenerationBackend, VLLMBackend, parse_permutation,
-                                           sliding_windows, truncate_tokens)
+from pyterrier_llmrank.backends import ChatPrompt, HFGenerationBackend, VLLMBackend
+from pyterrier_llmrank.generative import truncate_tokens
+from pyterrier_llmrank.listwise import parse_permutation, sliding_windows
 from pyterrier_llmrank.listwise import DEAR_POST, RANKGPT_POST, RANKGPT_SYSTEM, listwise_messages
 from pyterrier_llmrank.setwise import RANKR1_SYSTEM, RANKR1_USER, SETWISE_PROMPT
 

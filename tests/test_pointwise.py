@@ -13,7 +13,7 @@ import torch
 
 from conventions import check_rerank_conventions
 from pyterrier_llmrank import DeARPointwise, ProRank, YesNo
-from pyterrier_llmrank._causal import (PrefixKV, last_hidden, next_token_logits, shared_prefix_lengths,
+from pyterrier_llmrank.causal import (PrefixKV, last_hidden, next_token_logits, shared_prefix_lengths,
                                        target_logprobs)
 
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._causal import _decoder, _inputs
+from pyterrier_llmrank.causal import decoder_body, model_inputs
 from pyterrier_llmrank.train._common import DEFAULT_LORA_TARGETS
 from pyterrier_llmrank.train._loop import train_loop, used_groups
 from pyterrier_llmrank.train._recipe import add_lora, finish, import_object, make_groups, prepare, resolve_config
@@ -159,7 +159,7 @@ class DeARStudent:
         """Differentiable scores of ``(query, text)`` pairs (the logits ``DeARPointwise`` returns)."""
         s = self.scorer
         seqs = [s.prompt_ids(q, t) for q, t in pairs]
-        body = _decoder(self.model)
+        body = decoder_body(self.model)
         out = torch.zeros(len(seqs), device=next(self.model.parameters()).device)
         if s.pooling == 'padded':
             parts = [([i for i, x in enumerate(seqs) if len(x) < s.max_length], (s.pad, s.max_length - 1)),
@@ -170,7 +170,7 @@ class DeARStudent:
         for idx, extra in parts:
             if not idx:
                 continue
-            inputs = _inputs(self.model, [seqs[i] for i in idx], s.pad, None, None, extra)
+            inputs = model_inputs(self.model, [seqs[i] for i in idx], s.pad, None, None, extra)
             hidden = body(**inputs).last_hidden_state[:, -1]
             chunks.append((idx, s.head(hidden.to(s.head.weight.dtype))[:, 0].float()))
         index = torch.tensor([i for idx, _ in chunks for i in idx], device=out.device)

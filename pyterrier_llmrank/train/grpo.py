@@ -155,7 +155,7 @@ def rank_r1_examples(groups: Sequence[Dict[str, Any]], tokenizer: Any, *, max_pa
     The shuffles use one ``random.Random(seed)`` in the groups' order (the reference: Python's ``random``).
     Each example also carries ``qid``.
     """
-    from pyterrier_llmrank._generation import truncate_tokens
+    from pyterrier_llmrank.generative import truncate_tokens
     rng = random.Random(seed)
     out = []
     for g in groups:

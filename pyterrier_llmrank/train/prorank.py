@@ -145,7 +145,7 @@ def prorank_pair_examples(groups: Sequence[Dict[str, Any]], scorer: Any, negativ
 def prorank_scores(model: Any, seqs: Sequence[Sequence[int]], pad: int, pos_id: int, neg_id: int) -> torch.Tensor:
     """``logit("1") - logit("0")`` at the last position of each (left-padded) sequence, with gradients: the score
     :class:`~pyterrier_llmrank.ProRank` computes at inference."""
-    from pyterrier_llmrank._causal import left_pad
+    from pyterrier_llmrank.causal import left_pad
     dev = next(model.parameters()).device
     ids, mask, pos = left_pad(seqs, pad, dev)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
@@ -206,7 +206,7 @@ def _stage2(cfg: Dict[str, Any], base: str, groups: List[Dict[str, Any]], out: P
     columns = ['loss', 'accuracy', 'margin', 'learning_rate', 'seconds']
     log = CSVLogger(folder / 'log.csv', columns=columns, resume_step=start if ckpt is not None else None)
     model.train()
-    from pyterrier_llmrank._causal import pad_id
+    from pyterrier_llmrank.causal import pad_id
     pad = pad_id(tok)
     last = time.perf_counter()
     import pyterrier as pt

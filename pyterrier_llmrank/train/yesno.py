@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank._causal import _inputs
+from pyterrier_llmrank.causal import model_inputs
 from pyterrier_llmrank.pointwise import YESNO_NO, YESNO_PROMPT, YESNO_YES
 from pyterrier_llmrank.train._loop import train_loop
 from pyterrier_llmrank.train._recipe import add_lora, finish, make_groups, prepare, resolve_config
@@ -85,7 +85,7 @@ class YesNoStudent:
     def answer_logits(self, pairs: Sequence[Tuple[str, str]]) -> torch.Tensor:
         """Next-token logits (``P x V``) at the answer position of each ``(query, text)`` pair."""
         seqs = [self.scorer.prompt_ids(q, t) for q, t in pairs]
-        return self.model(**_inputs(self.model, seqs, self.scorer.pad, None, None), logits_to_keep=1).logits[:, -1]
+        return self.model(**model_inputs(self.model, seqs, self.scorer.pad, None, None), logits_to_keep=1).logits[:, -1]
 
     def relevance(self, pairs: Sequence[Tuple[str, str]]) -> torch.Tensor:
         """``z_Yes - z_No`` of each pair."""

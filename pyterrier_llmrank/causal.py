@@ -26,6 +26,7 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = ['left_pad', 'target_logprobs', 'next_token_logits', 'last_hidden', 'pad_id', 'chat_parts', 'PrefixKV',
+           'decoder_body', 'model_inputs', 'special_tokens_around',
            'shared_prefix_lengths']
 
 
@@ -54,7 +55,7 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _decoder(model: Any) -> Any:
+def decoder_body(model: Any) -> Any:
     """The transformer body of a ``*ForCausalLM`` / ``*ForSequenceClassification`` (its ``base_model``)."""
     return getattr(model, 'base_model', model)
 
@@ -126,7 +127,7 @@ class PrefixKV:
         if state is None:
             from transformers import DynamicCache
             from transformers.cache_utils import DynamicLayer
-            body = _decoder(self.model)
+            body = decoder_body(self.model)
             ids = torch.tensor([key], dtype=torch.long, device=_device(self.model))
             cache = DynamicCache(config=body.config)
             out = body(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(key), device=ids.device)[None],
@@ -172,7 +173,7 @@ class PrefixKV:
         return DynamicCache(ddp_cache_data=data), mask
 
 
-def _inputs(model: Any, seqs: Sequence[Sequence[int]], pad: int, prefix_lens: Optional[Sequence[int]],
+def model_inputs(model: Any, seqs: Sequence[Sequence[int]], pad: int, prefix_lens: Optional[Sequence[int]],
             prefix_kv: Optional[PrefixKV], extra_token: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """Model inputs for ``seqs``: left-padded suffixes behind the cached prefixes of their first ``prefix_lens`` tokens.
 
@@ -232,7 +233,7 @@ def target_logprobs(model: Any, contexts: Sequence[Sequence[int]], targets: Sequ
     if prefix_lens is not None and any(p > len(c) - 1 for p, c in zip(prefix_lens, contexts)):
         raise ValueError('a prefix must leave the last context token to the suffix')
     keep = max(len(t) for t in targets)
-    logits = model(**_inputs(model, seqs, pad, prefix_lens, prefix_kv), logits_to_keep=keep).logits
+    logits = model(**model_inputs(model, seqs, pad, prefix_lens, prefix_kv), logits_to_keep=keep).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, keep, V]
     out = []
     for i, t in enumerate(targets):
@@ -249,7 +250,7 @@ def next_token_logits(model: Any, prompts: Sequence[Sequence[int]], token_ids: S
 
     ``prefix_lens``/``prefix_kv``: as :func:`target_logprobs` (a prefix leaves at least one prompt token).
     """
-    logits = model(**_inputs(model, prompts, pad, prefix_lens, prefix_kv), logits_to_keep=1).logits
+    logits = model(**model_inputs(model, prompts, pad, prefix_lens, prefix_kv), logits_to_keep=1).logits
     return logits[:, -1, list(token_ids)].float().cpu()
 
 
@@ -264,10 +265,10 @@ def last_hidden(model: Any, seqs: Sequence[Sequence[int]], pad: int, *, prefix_l
     padding in between is masked out and invisible). ``model`` may be a ``*ForSequenceClassification`` or
     ``*ForCausalLM`` (its decoder body is run) or a bare decoder.
     """
-    body = _decoder(model)
+    body = decoder_body(model)
     if extra_token is not None and any(len(s) > extra_token[1] for s in seqs):
         raise ValueError('extra_token position must come after every sequence')
-    out = body(**_inputs(model, seqs, pad, prefix_lens, prefix_kv, extra_token))
+    out = body(**model_inputs(model, seqs, pad, prefix_lens, prefix_kv, extra_token))
     return out.last_hidden_state[:, -1]
 
 

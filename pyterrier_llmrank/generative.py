@@ -1,0 +1,200 @@
+"""The base of the rerankers that generate text (:mod:`~pyterrier_llmrank.listwise`,
+:mod:`~pyterrier_llmrank.setwise`), and the prompt-text helpers they share.
+
+Each query's algorithm is a Python generator that yields a prompt and receives the model's answer; the base runs
+the generators of all queries in lock-step, so that the prompts that are ready at the same time (one window or one
+comparison per query) go to the backend (:mod:`~pyterrier_llmrank.backends`) together, in batches of the
+backend's ``batch_size``. The result of a query does not depend on the other queries of the frame.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, Generator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+
+from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
+from pyterrier_llmrank.base import Reranker
+
+__all__ = ['Algorithm', 'QueryState', 'GenerativeReranker', 'truncate_tokens', 'cut_words']
+
+
+def cut_words(text: Any, n: int) -> str:
+    """The first ``n`` whitespace-separated words of ``text``, joined by single spaces (RankGPT's 300-word cut)."""
+    text = text if isinstance(text, str) else ''
+    return ' '.join(text.strip().split()[:n])
+
+
+def truncate_tokens(tokenizer: Any, text: Any, n: Optional[int]) -> str:
+    """The first ``n`` tokens of ``text`` turned back into a string, as llm-rankers' ``truncate``.
+
+    Without a tokenizer (scripted tests) the first ``n`` words are kept. ``n=None`` keeps everything.
+    """
+    text = text if isinstance(text, str) else ''
+    if n is None:
+        return text
+    if tokenizer is None:
+        return ' '.join(text.split()[:n])
+    toks = tokenizer.tokenize(text)
+    if len(toks) <= n:
+        return text
+    return tokenizer.convert_tokens_to_string(toks[:n])
+
+
+# the algorithm of one query: yields prompts, receives generations, returns the reranked order (row positions)
+Algorithm = Generator[ChatPrompt, Generation, List[int]]
+
+
+@dataclass
+class QueryState:
+    qid: Any
+    query: str
+    rows: List[int]                       # row positions of the frame, in first-stage order
+    texts: List[str]
+    docnos: List[str]
+    rng: random.Random
+    calls: int = 0
+    trace: List[Dict[str, Any]] = field(default_factory=list)
+
+
+class GenerativeReranker(Reranker):
+    """Base of the rerankers that generate text (listwise and setwise).
+
+    Subclasses implement :meth:`_algorithm`, a generator over one query that yields :class:`ChatPrompt` objects,
+    receives the :class:`Generation` for each, records what it parsed with :meth:`_record` and returns the new
+    order of the documents it ranked (positions in the query's first-stage list; positions it does not return
+    keep their first-stage order beneath them). The output score is ``-rank``.
+
+    First-stage order: by ``rank`` when the input has it, else by descending ``score``, else the input order.
+
+    After a run, ``stats`` (an :class:`~pyterrier_llmrank.EfficiencyStats`) holds per query ``model_calls``
+    (``generate`` calls, shared among the prompts of a batch), ``sequences`` (prompts, i.e. LLM calls in the
+    papers' sense), ``input_tokens`` (prompt tokens), ``generated_tokens``, ``seconds``, ``repaired`` and
+    ``unparsable``; :meth:`trace` gives each prompt's raw answer (the model's reasoning included) and what was
+    read from it.
+    """
+
+    label = 'Generative'
+
+    def __init__(self, model: Any, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 929, text_field: str = 'text', batch_size: int = 8, verbose: bool = False,
+                 device: Any = 'auto', dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
+        if max_new_tokens < 1:
+            raise ValueError('max_new_tokens must be >= 1')
+        self.backend = resolve_backend(model, batch_size=batch_size, device=device, dtype=dtype)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self._traces: List[Dict[str, Any]] = []
+
+    # -- to implement -------------------------------------------------------------------------------------------
+
+    def _algorithm(self, st: QueryState) -> Algorithm:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The backend's tokenizer (``None`` for a scripted backend without one)."""
+        return self.backend.tokenizer
+
+    def _record(self, st: QueryState, kind: str, positions: Sequence[int], gen: Generation, answer: Any,
+                status: str) -> None:
+        st.calls += 1
+        st.trace.append({'qid': st.qid, 'call': st.calls, 'kind': kind,
+                         'docnos': [st.docnos[p] for p in positions], 'output': gen.text, 'answer': answer,
+                         'status': status})
+        self.stats.add(st.qid, repaired=float(status == 'repaired'), unparsable=float(status == 'unparsable'))
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def trace(self) -> pd.DataFrame:
+        """Every prompt answered so far, one row each: ``qid``, ``call`` (1-based per query and run), ``kind``,
+        ``docnos`` (in the order shown to the model), ``output`` (the raw generated text, reasoning included),
+        ``answer`` (what was read from it) and ``status`` (``ok``, ``repaired`` or ``unparsable``)."""
+        return pd.DataFrame(self._traces, columns=['qid', 'call', 'kind', 'docnos', 'output', 'answer', 'status'])
+
+    def reset(self) -> None:
+        """Forget the efficiency counters and traces of earlier runs."""
+        self.stats.reset()
+        self._traces.clear()
+
+    # -- driver -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _first_stage_order(df: pd.DataFrame) -> np.ndarray:
+        if 'rank' in df.columns:
+            return np.argsort(df['rank'].to_numpy(), kind='stable')
+        if 'score' in df.columns:
+            return np.argsort(-df['score'].to_numpy(dtype='float64'), kind='stable')
+        return np.arange(len(df))
+
+    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+        states: List[QueryState] = []
+        for qid, grp in inp.groupby('qid', sort=False):
+            rows = grp.index.to_numpy()[self._first_stage_order(grp)].tolist()
+            states.append(QueryState(qid=qid, query=str(grp['query'].iloc[0]), rows=rows,
+                                      texts=[inp.at[r, self.text_field] for r in rows],
+                                      docnos=[str(inp.at[r, 'docno']) for r in rows] if 'docno' in inp.columns
+                                      else [str(r) for r in rows], rng=random.Random(self.seed)))
+            self.stats.add(qid, repaired=0.0, unparsable=0.0)
+        before = self.stats.per_query().set_index('qid')
+        orders: Dict[int, List[int]] = {}
+        pending: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
+        for i, st in enumerate(states):
+            algo = self._algorithm(st)
+            try:
+                pending[i] = (algo, next(algo))
+            except StopIteration as stop:
+                orders[i] = stop.value
+        bar = pt.tqdm(total=0, desc=repr(self), unit='prompt') if self.verbose else None
+        rounds = 0
+        while pending:
+            keys = list(pending)
+            if bar is not None:  # the algorithms decide the next prompts from the answers: the total grows by rounds
+                bar.total += len(keys)
+                bar.refresh()
+            gens = self.backend.generate([pending[k][1] for k in keys], self.max_new_tokens,
+                                         temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                         progress=bar.update if bar is not None else None)
+            rounds += 1
+            nxt: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
+            for k, g in zip(keys, gens):
+                st = states[k]
+                self.stats.add(st.qid, model_calls=g.calls, sequences=1, input_tokens=g.prompt_tokens,
+                               padded_tokens=g.padded_tokens, generated_tokens=g.generated_tokens, seconds=g.seconds)
+                algo = pending[k][0]
+                try:
+                    nxt[k] = (algo, algo.send(g))
+                except StopIteration as stop:
+                    orders[k] = stop.value
+            pending = nxt
+        if bar is not None:
+            bar.close()
+        scores = np.zeros(len(inp), dtype='float64')
+        for i, st in enumerate(states):
+            order = list(orders[i])
+            seen = set(order)
+            order += [p for p in range(len(st.rows)) if p not in seen]
+            for rank, p in enumerate(order):
+                scores[st.rows[p]] = -(rank + 1.0)
+            self._traces.extend(st.trace)
+        if self.verbose:
+            self._print_summary(before, [st.qid for st in states])
+        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+
+    def _print_summary(self, before: pd.DataFrame, qids: List[Any]) -> None:
+        after = self.stats.per_query().set_index('qid').loc[qids]
+        diff = after.sub(before.reindex(after.index).fillna(0.0), fill_value=0.0)
+        n = len(diff)
+        calls = diff['sequences'].sum()
+        print(f'{self!r}: {n} queries, {calls / n:.1f} LLM calls/query ({diff["model_calls"].sum() / n:.1f} generate '
+              f'calls), {diff["input_tokens"].sum() / n:.0f} prompt + {diff["generated_tokens"].sum() / n:.0f} '
+              f'generated tokens/query, {diff["seconds"].sum() / n:.2f} s/query, repaired {int(diff["repaired"].sum())}'
+              f'/{int(calls)}, unparsable {int(diff["unparsable"].sum())}/{int(calls)}')
