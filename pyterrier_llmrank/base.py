@@ -1,17 +1,30 @@
-"""What every reranker of the toolkit shares: input validation, empty frames, length-sorted batching,
-efficiency accounting and truncation that never cuts a template's instruction."""
+"""What every reranker of the toolkit shares: argument checks, input validation, empty frames, model handles,
+length-sorted batching (:class:`PointwiseReranker`), per-query grouping (:class:`QueryReranker`), efficiency
+accounting and truncation that never cuts a template's instruction.
+
+Choosing a base for a new reranker:
+
+* :class:`PointwiseReranker` when each (query, document) pair is scored on its own: the base batches pairs of
+  all queries together, sorted by length.
+* :class:`QueryReranker` when a query's scores depend on its whole candidate list (listwise, setwise, pairwise,
+  attention-based): the base groups the frame by query in first-stage order and assembles the output; the
+  subclass scores one query at a time (or overrides :meth:`QueryReranker._rerank_queries` to batch across
+  queries).
+"""
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-__all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'fit_pieces', 'validate_rerank_input', 'empty_result']
+__all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
+           'validate_rerank_input', 'empty_result', 'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast']
 
 
 class EfficiencyStats:
@@ -132,6 +145,44 @@ def fit_pieces(pieces: Sequence[List[int]], max_len: Optional[int], cut: Sequenc
     return pieces
 
 
+class OneOf:
+    """Argument rule: the value is one of ``choices``."""
+
+    def __init__(self, *choices: Any) -> None:
+        self.choices = choices
+
+    def problem(self, value: Any) -> Optional[str]:  # noqa: D102
+        return None if value in self.choices else f'must be one of {", ".join(repr(c) for c in self.choices)}'
+
+
+class AtLeast:
+    """Argument rule: a number ``>= minimum`` (``None`` allowed when ``optional``)."""
+
+    def __init__(self, minimum: float, optional: bool = False) -> None:
+        self.minimum = minimum
+        self.optional = optional
+
+    def problem(self, value: Any) -> Optional[str]:  # noqa: D102
+        if value is None:
+            return None if self.optional else f'must be a number >= {self.minimum}'
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return f'must be a number >= {self.minimum}' + (' (or None)' if self.optional else '')
+        return None if value >= self.minimum else f'must be >= {self.minimum}' + (' (or None)' if self.optional else '')
+
+
+def check_arguments(owner: str, rules: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Check constructor arguments against declarative ``rules`` (name -> :class:`OneOf` / :class:`AtLeast`).
+
+    Raises:
+        ValueError: naming the class, the argument, the rule and the value given.
+    """
+    for name, rule in rules.items():
+        if name in values:
+            problem = rule.problem(values[name])
+            if problem:
+                raise ValueError(f'{owner}: {name} {problem}, got {values[name]!r}')
+
+
 class Reranker(pt.Transformer):
     """Base of every reranker: common arguments, validation, empty input, repr and efficiency stats.
 
@@ -140,14 +191,31 @@ class Reranker(pt.Transformer):
     """
 
     label = 'Reranker'
+    #: declarative checks of constructor arguments (see :func:`check_arguments`), merged along the class hierarchy
+    ARGUMENTS: Dict[str, Any] = {'batch_size': AtLeast(1)}
 
     def __init__(self, *, text_field: str = 'text', batch_size: int = 16, verbose: bool = False) -> None:
-        if batch_size < 1:
-            raise ValueError('batch_size must be >= 1')
+        self.check_arguments(batch_size=batch_size)
         self.text_field = text_field
         self.batch_size = batch_size
         self.verbose = verbose
         self.stats = EfficiencyStats()
+
+    @classmethod
+    def check_arguments(cls, **values: Any) -> None:
+        """Check constructor arguments against the ``ARGUMENTS`` rules of the class and its bases."""
+        rules: Dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            rules.update(getattr(klass, 'ARGUMENTS', {}) or {})
+        check_arguments(cls.__name__, rules, values)
+
+    def _use_model(self, loader: Callable[..., Any], model: Any, **kwargs: Any) -> Any:
+        """Load (or take) the model through ``loader`` (one of :mod:`pyterrier_llmrank.models`' loaders) and set
+        ``lm`` (the :class:`~pyterrier_llmrank.models.LoadedModel`), ``model``, ``tokenizer`` and ``model_name``."""
+        self.lm = loader(model, **kwargs)
+        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+        self.model_name = self.lm.name
+        return self.lm
 
     @property
     def schematic(self) -> Dict[str, str]:  # noqa: D102
@@ -214,3 +282,94 @@ class PointwiseReranker(Reranker):
             self.stats.add_batch([qids[i] for i in batch], lengths[batch], int(lengths[batch].max()),
                                  time.perf_counter() - start)
         return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+
+
+def first_stage_order(df: pd.DataFrame) -> np.ndarray:
+    """Positions of ``df``'s rows in first-stage order: by ``rank`` when present, else by descending ``score``,
+    else the input order (stable)."""
+    if 'rank' in df.columns:
+        return np.argsort(df['rank'].to_numpy(), kind='stable')
+    if 'score' in df.columns:
+        return np.argsort(-df['score'].to_numpy(dtype='float64'), kind='stable')
+    return np.arange(len(df))
+
+
+@dataclass
+class QueryCandidates:
+    """One query's candidates, in first-stage order.
+
+    Attributes:
+        qid: the query id.
+        query: the query text.
+        rows: positions of the candidates in the (re-indexed) input frame, in first-stage order.
+        texts: the candidates' texts (``text_field``), in the same order.
+        docnos: their docnos (the row positions as strings when the frame has no ``docno``).
+        frame: the whole input frame, for other columns (titles, images).
+    """
+
+    qid: Any
+    query: str
+    rows: np.ndarray
+    texts: List[Any]
+    docnos: List[str]
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> List[Any]:
+        """The values of column ``name`` for the candidates (``None`` each when the frame has no such column)."""
+        if name not in self.frame.columns:
+            return [None] * len(self.rows)
+        return self.frame[name].to_numpy()[self.rows].tolist()
+
+
+class QueryReranker(Reranker):
+    """Base of rerankers that work a query at a time (listwise, setwise, pairwise, attention-based).
+
+    The base groups the validated frame by ``qid`` (queries in input order), puts each query's candidates in
+    first-stage order (:func:`first_stage_order`), shows a progress bar over queries when ``verbose``, and
+    assembles the output: every input row once, with its score, rows of a query sorted by descending score and
+    ties broken towards the better first-stage rank. Subclasses implement :meth:`_rerank_query` (the scores of
+    one query's candidates, higher is better, in the order of ``q.rows``), or override :meth:`_rerank_queries`
+    to work on several queries at once (e.g. to batch model calls across queries).
+    """
+
+    def query_groups(self, inp: pd.DataFrame) -> List[QueryCandidates]:
+        """The queries of ``inp`` (re-indexed 0..n-1), each with its candidates in first-stage order."""
+        out = []
+        texts = inp[self.text_field].to_numpy()
+        docnos = inp['docno'].astype(str).to_numpy() if 'docno' in inp.columns else None
+        queries = inp['query'].to_numpy()
+        for qid, idx in inp.groupby('qid', sort=False).indices.items():
+            idx = np.asarray(idx)
+            idx = idx[first_stage_order(inp.iloc[idx])]
+            query = queries[idx[0]]
+            out.append(QueryCandidates(qid=qid, query=query if isinstance(query, str) else '', rows=idx,
+                                       texts=texts[idx].tolist(),
+                                       docnos=docnos[idx].tolist() if docnos is not None else [str(r) for r in idx],
+                                       frame=inp))
+        return out
+
+    def _rerank_query(self, q: QueryCandidates) -> Sequence[float]:
+        raise NotImplementedError
+
+    def _rerank_queries(self, queries: List[QueryCandidates]) -> List[Sequence[float]]:
+        """Scores of every query's candidates (one sequence per query, aligned with its ``rows``)."""
+        it: Iterable = queries
+        if self.verbose:
+            it = pt.tqdm(queries, desc=self.label, unit='query')
+        return [self._rerank_query(q) for q in it]
+
+    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+        queries = self.query_groups(inp)
+        scores = np.zeros(len(inp), dtype='float64')
+        rows: List[int] = []
+        for q, s in zip(queries, self._rerank_queries(queries)):
+            s = np.asarray(s, dtype='float64')
+            if s.shape != (len(q.rows),):
+                raise RuntimeError(f'{type(self).__name__} returned {s.shape} scores for {len(q.rows)} candidates')
+            scores[q.rows] = s
+            rows.extend(q.rows[np.argsort(-s, kind='stable')].tolist())
+        out = inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+        return out.iloc[rows].reset_index(drop=True)

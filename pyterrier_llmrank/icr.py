@@ -11,39 +11,29 @@ summed over heads and layers, calibrated by the attention the same span pays whe
 content-free ``"N/A"``. No text is generated: two forward passes per prompt, the second over the query span
 only (the KV cache of everything before it is reused).
 
-How the attention rows are obtained: the model runs with PyTorch's SDPA through an attention function
-registered in ``transformers.AttentionInterface`` under :data:`ATTENTION_NAME` (set on the model only while
-ICR runs). Besides SDPA's output, that function takes the post-RoPE query states of the query-span tokens
-(the last rows of the pass) and all key states (cache included), expands the GQA heads, and computes
-``softmax(q k^T * scale + causal mask)`` in float32 for those rows only, reducing them at once to one
-number per key position (mean over the span rows, sum over heads, accumulated over the layers). Memory is
-``heads x span x length`` per layer, linear in the number of candidates; the ``layers x heads x L x L``
-matrices of ``output_attentions=True`` are never built (that path is kept as ``attention='eager'``, the
-brute-force reference the tests compare against).
+The attention rows are computed beside SDPA by :mod:`pyterrier_llmrank.attention` (memory linear in the number
+of candidates); ``attention='eager'`` keeps the brute-force path (``output_attentions=True``) that the tests
+compare against.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
 import re
-import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
-import pyterrier as pt
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import Reranker
-from pyterrier_llmrank.causal import chat_parts
+from pyterrier_llmrank.attention import ATTENTION_NAME, RowCapture, attn_implementation, capturing, register
+from pyterrier_llmrank.base import AtLeast, OneOf, QueryCandidates, QueryReranker
+from pyterrier_llmrank.listwise import sliding_windows
 
 __all__ = ['ICR', 'ICR_INSTRUCTION', 'ICR_LATE_INSTRUCTION_IE', 'ICR_LATE_INSTRUCTION_QA', 'ICR_QUERY_PREFIX',
-           'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'ATTENTION_NAME', 'IcrPrompt']
+           'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'IcrPrompt']
 
 # --- Prompt strings: OSU-NLP-Group/In-Context-Reranking src/in_context_reranker.py (InContextReranker.__init__
 # ``retrieval_instruction`` / ``retrieval_instruction_late`` and ``_prepare_input_for_document_retrieval``).
@@ -65,103 +55,8 @@ ICR_SIMPLE_ANSWER = 'Answer:'
 SEPARATOR_LLAMA3 = ' \n\n'
 SEPARATOR_DEFAULT = '\n\n'
 
-#: Name under which ICR's attention function is registered in ``transformers.AttentionInterface``.
-ATTENTION_NAME = 'pyterrier_llmrank_icr_sdpa'
-
 SCORINGS = ('masked_NA_calibration', 'NA_calibration', 'query_last')
 OVERFLOWS = ('truncate', 'window', 'error')
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Attention rows of the query span, computed beside SDPA
-
-
-class _RowCapture:
-    """Accumulates, for one forward pass, the attention of the last ``rows`` query positions to every key.
-
-    ``scores[j]`` = sum over layers in ``[start, end]`` and heads of the mean over the captured rows of the
-    attention probability to key position ``j`` (softmax in float32, causal, post-RoPE, GQA heads expanded).
-    """
-
-    def __init__(self, rows: int, start: int, end: int) -> None:
-        self.rows = rows
-        self.start = start
-        self.end = end
-        self.scores: Optional[torch.Tensor] = None
-
-    @torch.no_grad()
-    def add(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
-        # query: [1, H, Lq, d] (the rows fed in this pass); key: [1, KVH, Lk, d] (cache + this pass)
-        _, n_heads, lq, dim = query.shape
-        kv_heads, lk = key.shape[1], key.shape[2]
-        groups = n_heads // kv_heads
-        s = min(self.rows, lq)
-        # query heads h = kv * groups + g share key head kv (transformers' repeat_kv): group them per key head
-        q = query[0, :, lq - s:, :].float().reshape(kv_heads, groups * s, dim)
-        k = key[0].float()
-        logits = torch.bmm(q, k.transpose(1, 2)).mul_(scaling).view(kv_heads, groups, s, lk)
-        # the span's rows are the last s positions of the sequence: row i sits at absolute position lk - s + i
-        pos = torch.arange(lk - s, lk, device=logits.device)
-        future = torch.arange(lk, device=logits.device)[None, :] > pos[:, None]
-        logits.masked_fill_(future, float('-inf'))
-        probs = torch.softmax(logits, dim=-1)
-        per_key = probs.mean(dim=2).sum(dim=(0, 1))  # mean over span rows, sum over heads -> [lk]
-        self.scores = per_key if self.scores is None else self.scores + per_key
-
-
-_STATE = threading.local()
-
-
-def _icr_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: Optional[torch.Tensor], *args: Any, **kwargs: Any):
-    """SDPA for the model's output; in addition, the query-span rows for ICR when a capture is active."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-    cap: Optional[_RowCapture] = getattr(_STATE, 'capture', None)
-    layer = getattr(module, 'layer_idx', None)
-    if cap is not None and layer is not None and cap.start <= layer <= cap.end:
-        scaling = kwargs.get('scaling')
-        if scaling is None:
-            scaling = getattr(module, 'scaling', None) or 1.0 / math.sqrt(query.shape[-1])
-        cap.add(query, key, scaling)
-    return out
-
-
-_REGISTERED = False
-
-
-def _register() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    AttentionInterface.register(ATTENTION_NAME, _icr_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)  # the same masks as SDPA
-    _REGISTERED = True
-
-
-@contextlib.contextmanager
-def _attn_implementation(model: Any, name: str):
-    """Run the model with attention implementation ``name``, restoring the previous one afterwards."""
-    old = model.config._attn_implementation
-    if old != name:
-        model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        if model.config._attn_implementation != old:
-            model.set_attn_implementation(old)
-
-
-@contextlib.contextmanager
-def _capturing(cap: _RowCapture):
-    prev = getattr(_STATE, 'capture', None)
-    _STATE.capture = cap
-    try:
-        yield cap
-    finally:
-        _STATE.capture = prev
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,7 +103,7 @@ def _cut_words(text: str, max_words: Optional[int]) -> str:
     return text
 
 
-class ICR(Reranker):
+class ICR(QueryReranker):
     """In-Context Re-ranking (ICR): rank documents by the calibrated attention an LLM pays them.
 
     Chen, Gutiérrez, Su, "Attention in Large Language Models Yields Efficient Zero-Shot Re-Rankers", ICLR 2025.
@@ -273,12 +168,16 @@ class ICR(Reranker):
         attention: ``'rows'`` (default: SDPA plus the query-span rows, linear memory) or ``'eager'``
             (brute force: eager attention with ``output_attentions=True`` and no KV reuse; for checks only).
         title_field: column holding a title (used when present).
-        text_field, verbose: as every reranker. ``batch_size``: accepted for uniformity; ICR feeds one window
-            (itself a batch of all its candidates) per forward pass, so it has no effect.
+        text_field, verbose: as every reranker. (No ``batch_size``: ICR feeds one window, itself holding all its
+            candidates, per forward pass.)
         device, dtype: see :mod:`pyterrier_llmrank.models`.
     """
 
     label = 'ICR'
+    ARGUMENTS = {'retrieval_type': OneOf('IE', 'QA'), 'scoring': OneOf(*SCORINGS), 'overflow': OneOf(*OVERFLOWS),
+                 'attention': OneOf('rows', 'eager'), 'template': OneOf('auto', 'chat', 'simple'),
+                 'window_size': AtLeast(1, optional=True), 'stride': AtLeast(1, optional=True),
+                 'max_words': AtLeast(0, optional=True)}
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, retrieval_type: str = 'IE',
                  scoring: str = 'masked_NA_calibration', window_size: Optional[int] = None,
@@ -286,26 +185,13 @@ class ICR(Reranker):
                  max_length: Optional[int] = None, overflow: str = 'truncate',
                  layers: Optional[Tuple[int, int]] = None, template: str = 'auto', separator: Optional[str] = None,
                  attention: str = 'rows', title_field: str = 'title', text_field: str = 'text',
-                 batch_size: int = 1, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
-        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
-        if retrieval_type not in ('IE', 'QA'):
-            raise ValueError("retrieval_type must be 'IE' or 'QA'")
-        if scoring not in SCORINGS:
-            raise ValueError(f'scoring must be one of {SCORINGS}')
-        if overflow not in OVERFLOWS:
-            raise ValueError(f'overflow must be one of {OVERFLOWS}')
-        if attention not in ('rows', 'eager'):
-            raise ValueError("attention must be 'rows' or 'eager'")
-        if template not in ('auto', 'chat', 'simple'):
-            raise ValueError("template must be 'auto', 'chat' or 'simple'")
-        if window_size is not None and window_size < 1:
-            raise ValueError('window_size must be >= 1 (or None for all candidates)')
-        if stride is not None and (stride < 1 or (window_size is not None and stride > window_size)):
-            raise ValueError('stride must be in [1, window_size]')
-        if max_words is not None and max_words < 0:
-            raise ValueError('max_words must be >= 0 (or None)')
-        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
-        self.model_name = models.model_name(model)
+                 verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+        super().__init__(text_field=text_field, batch_size=1, verbose=verbose)
+        self.check_arguments(retrieval_type=retrieval_type, scoring=scoring, overflow=overflow, attention=attention,
+                             template=template, window_size=window_size, stride=stride, max_words=max_words)
+        if stride is not None and window_size is not None and stride > window_size:
+            raise ValueError(f'ICR: stride must be in [1, window_size], got stride={stride}, window_size={window_size}')
+        self._use_model(models.load_causal_lm, model, device=device, dtype=dtype)
         cfg = self.model.config
         n_layers = int(cfg.num_hidden_layers)
         first, last = (0, n_layers - 1) if layers is None else (int(layers[0]), int(layers[1]))
@@ -328,24 +214,23 @@ class ICR(Reranker):
         self.attention = attention
         self.title_field = title_field
         if template == 'auto':
-            template = 'chat' if getattr(self.tokenizer, 'chat_template', None) else 'simple'
+            template = 'chat' if self.lm.has_chat_template else 'simple'
         self.template = template
         if separator is None:
             name = (self.model_name + ' ' + str(getattr(cfg, '_name_or_path', ''))).lower()
             separator = SEPARATOR_LLAMA3 if ('llama-3' in name or 'llama3' in name) else SEPARATOR_DEFAULT
         self.separator = separator
         self._piece_cache: Dict[str, List[int]] = {}
-        self._prefix_space = self._detect_prefix_space()
         if template == 'chat':
-            before, after, _ = chat_parts(self.tokenizer)
-            self._open = self._ids(before)
-            self._close = self._ids(after)
+            before, after, _ = self.lm.chat_parts()
+            self._open = self.lm.piece_ids(before)
+            self._close = self.lm.piece_ids(after)
         else:
-            self._open = self._bos()
+            self._open = list(self.lm.special_tokens[0])
             self._close = []
         self._cache_kw = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'
         if attention == 'rows':
-            _register()
+            register()
 
     def _repr_args(self) -> str:
         args = [repr(self.model_name)]
@@ -359,29 +244,6 @@ class ICR(Reranker):
 
     # --- tokenization -------------------------------------------------------------------------------------------
 
-    def _detect_prefix_space(self) -> bool:
-        """Whether the tokenizer prepends a word-start marker to every text (SentencePiece ``'▁'``)."""
-        ids = self.tokenizer('\n', add_special_tokens=False)['input_ids']
-        return self.tokenizer.decode(ids) != '\n'
-
-    def _bos(self) -> List[int]:
-        full = self.tokenizer('a', add_special_tokens=True)['input_ids']
-        bare = self.tokenizer('a', add_special_tokens=False)['input_ids']
-        return list(full[:len(full) - len(bare)]) if full[len(full) - len(bare):] == bare else []
-
-    def _ids(self, text: str) -> List[int]:
-        """Token ids of one piece of the prompt, as it reads in the middle of the prompt."""
-        if not text:
-            return []
-        if not self._prefix_space:
-            return list(self.tokenizer(text, add_special_tokens=False)['input_ids'])
-        # SentencePiece tokenizers mark a word start at the beginning of every text: tokenize behind an anchor
-        anchor = self.tokenizer('\n', add_special_tokens=False)['input_ids']
-        ids = self.tokenizer('\n' + text, add_special_tokens=False)['input_ids']
-        if ids[:len(anchor)] == anchor:
-            return list(ids[len(anchor):])
-        return list(self.tokenizer(text, add_special_tokens=False)['input_ids'])
-
     def _sep_then(self, text: str) -> Tuple[List[int], List[int]]:
         """Token ids of ``separator + text`` as the tokenizer reads them together, split into the separator's
         ids and the text's.
@@ -391,7 +253,7 @@ class ICR(Reranker):
         sees. The split point is known by construction: the first ids that decode to the separator exactly;
         when a token straddles the two (no such point), both are tokenized apart.
         """
-        joint = self._ids(self.separator + text)
+        joint = self.lm.piece_ids(self.separator + text)
         sep = self.separator
         for k in range(1, len(joint) + 1):
             head = self.tokenizer.decode(joint[:k])
@@ -399,7 +261,7 @@ class ICR(Reranker):
                 return joint[:k], joint[k:]
             if len(head) >= len(sep):
                 break
-        return self._ids(sep), self._ids(text)
+        return self.lm.piece_ids(sep), self.lm.piece_ids(text)
 
     def _fixed_after_sep(self, text: str) -> List[int]:
         """``separator + text`` (a fixed string of the template) as ids, cached."""
@@ -413,7 +275,7 @@ class ICR(Reranker):
     def _fixed(self, text: str) -> List[int]:
         ids = self._piece_cache.get(text)
         if ids is None:
-            ids = self._piece_cache[text] = self._ids(text)
+            ids = self._piece_cache[text] = self.lm.piece_ids(text)
         return ids
 
     def document_text(self, text: Any, title: Any = None, max_words: Optional[int] = -1) -> str:
@@ -441,7 +303,7 @@ class ICR(Reranker):
 
     def _suffix(self, query: str) -> List[int]:
         out = self._fixed(self.late_instruction) + self._fixed_after_sep(ICR_QUERY_PREFIX)
-        out = out + self._ids(' ' + (query or '').strip())
+        out = out + self.lm.piece_ids(' ' + (query or '').strip())
         if self.template == 'chat':
             return out + self._close
         return out + self._fixed_after_sep(ICR_SIMPLE_ANSWER)
@@ -460,9 +322,9 @@ class ICR(Reranker):
         """One forward pass over ``ids`` (after ``cache``); the per-key scores of the last ``rows``, and the cache."""
         dev = self._device()
         x = torch.as_tensor([ids], dtype=torch.long, device=dev)
-        cap = _RowCapture(rows, *self.layers)
+        cap = RowCapture(rows, *self.layers)
         kw = {self._cache_kw: cache} if cache is not None else {}
-        with _attn_implementation(self.model, ATTENTION_NAME), _capturing(cap):
+        with attn_implementation(self.model, ATTENTION_NAME), capturing(cap):
             out = self.model(input_ids=x, use_cache=keep_cache or cache is not None, logits_to_keep=1, **kw)
         keys = out.keys()
         cache = out['cache'] if 'cache' in keys else (out['past_key_values'] if 'past_key_values' in keys else None)
@@ -472,7 +334,7 @@ class ICR(Reranker):
     def _pass_eager(self, ids: List[int], rows: int) -> torch.Tensor:
         """Brute force: eager attention, ``output_attentions=True``, the span rows read from the full matrices."""
         x = torch.as_tensor([ids], dtype=torch.long, device=self._device())
-        with _attn_implementation(self.model, 'eager'):
+        with attn_implementation(self.model, 'eager'):
             out = self.model(input_ids=x, use_cache=False, output_attentions=True, logits_to_keep=1)
         first, last = self.layers
         total = None
@@ -590,13 +452,14 @@ class ICR(Reranker):
                     f'ICR: query {qid!r}: {window} documents need about {base + sum(lens[:window])} tokens, more than '
                     f'the maximum length {self.max_length} (overflow="error"); use overflow="truncate" or "window", '
                     f'window_size, or fewer candidates')
-        order = list(range(n))[::-1]  # from the bottom of the list to the top, as the reference's rerank
+        # windows from the bottom of the list to the top, as the reference's rerank: positions [start, end) of the
+        # current list, the last one clipped at the top (the reference's loop, not RankGPT's extra full window)
+        order = list(range(n))  # the current list, best first; each window re-sorts its slice
         first_window_scores: Optional[np.ndarray] = None
-        i, j = 0, window
         n_windows = 0
-        while True:
+        for a, b in sliding_windows(n, window, stride, last='clip'):
             start = time.perf_counter()
-            ids = order[i:j]
+            ids = order[a:b][::-1]  # bottom first
             in_prompt = ids if self.reverse_order else ids[::-1]
             window_docs = [docs[k] for k in in_prompt]
             if self._prompt_len(query, window_docs) > self.max_length:
@@ -615,17 +478,13 @@ class ICR(Reranker):
             scores, counters = self.score_window(query, window_docs)
             self.stats.add(qid, seconds=time.perf_counter() - start, windows=1, **counters)
             n_windows += 1
-            # ascending; ties broken towards the first-stage order (the better-ranked document ends up higher)
-            asc = sorted(range(len(in_prompt)), key=lambda t: (scores[t], -in_prompt[t]))
-            order[i:j] = [in_prompt[t] for t in asc]
+            # descending; ties broken towards the first-stage order (the better-ranked document ends up higher)
+            desc = sorted(range(len(in_prompt)), key=lambda t: (-scores[t], in_prompt[t]))
+            order[a:b] = [in_prompt[t] for t in desc]
             if n_windows == 1:
                 first_window_scores = np.zeros(n)
                 first_window_scores[in_prompt] = scores
-            if j >= n:
-                break
-            i += stride
-            j = min(j + stride, n)
-        ranking = order[::-1]  # order is ascending: the last is the best
+        ranking = order
         if n_windows == 1:
             return first_window_scores, ranking
         out = np.zeros(n)
@@ -633,26 +492,10 @@ class ICR(Reranker):
             out[k] = float(n - pos)
         return out, ranking
 
-    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
-        scores = np.zeros(len(inp), dtype='float64')
-        rows: List[int] = []  # output order: queries as they come, each by its final ranking
-        has_title = self.title_field in inp.columns
-        groups: Iterable = inp.groupby('qid', sort=False).indices.items()
-        if self.verbose:
-            groups = pt.tqdm(list(groups), desc=self.label, unit='query')
-        for qid, idx in groups:
-            idx = np.asarray(idx)
-            if 'rank' in inp.columns:  # the first-stage order; else the input order
-                idx = idx[np.argsort(inp['rank'].to_numpy()[idx], kind='stable')]
-            elif 'score' in inp.columns:
-                idx = idx[np.argsort(-inp['score'].to_numpy()[idx], kind='stable')]
-            query = inp['query'].iat[idx[0]]
-            texts = [(inp[self.text_field].iat[k], inp[self.title_field].iat[k] if has_title else None) for k in idx]
-            s, ranking = self._rank_query(qid, query if isinstance(query, str) else '', texts)
-            scores[idx] = s
-            rows.extend(idx[ranking].tolist())
-        out = inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
-        return out.iloc[rows].reset_index(drop=True)
+    def _rerank_query(self, q: QueryCandidates) -> np.ndarray:
+        texts = list(zip(q.texts, q.column(self.title_field)))
+        scores, _ = self._rank_query(q.qid, q.query, texts)
+        return scores
 
 
 def _crop(cache: Any, keep: int) -> None:

@@ -48,7 +48,7 @@ DEAR_POST = ('Search Query: {query}.\n'
 DEAR_THINK_PATTERN = r'</think>\s*(.*)'
 
 
-def sliding_windows(n: int, window: int, step: int) -> List[Tuple[int, int]]:
+def sliding_windows(n: int, window: int, step: int, last: str = 'full') -> List[Tuple[int, int]]:
     """Windows ``[start, end)`` over the top ``n`` documents, from the bottom of the list to the top.
 
     As RankGPT's ``sliding_windows``: the first window is ``[n - window, n)``, each next one ``step`` higher, while
@@ -56,9 +56,14 @@ def sliding_windows(n: int, window: int, step: int) -> List[Tuple[int, int]]:
     reference leaves out are covered: ``n <= window`` gives the single window ``[0, n)``, and when the last window
     does not start at 0 (``(n - window) % step != 0``) a final window ``[0, window)`` is added so that the top
     documents are ranked too (the reference would never show them to the model).
+
+    ``last='clip'`` ends instead, as ICR's reference ``rerank`` loop (OSU-NLP-Group/In-Context-Reranking
+    ``src/in_context_reranker.py``), with the window one ``step`` higher, clipped at the top: ``[0, end - step)``.
     """
     if window < 1 or step < 1:
         raise ValueError('window and step must be >= 1')
+    if last not in ('full', 'clip'):
+        raise ValueError("last must be 'full' or 'clip'")
     if n <= 0:
         return []
     if n <= window:
@@ -70,7 +75,7 @@ def sliding_windows(n: int, window: int, step: int) -> List[Tuple[int, int]]:
         end -= step
         start -= step
     if out[-1][0] > 0:
-        out.append((0, window))
+        out.append((0, window) if last == 'full' else (0, end))
     return out
 
 

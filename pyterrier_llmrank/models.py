@@ -5,7 +5,15 @@ A model argument of any reranker of this toolkit may be
 * a Hugging Face hub name (``castorini/monot5-base-msmarco``) or a local folder,
 * a short name of a model shipped in a Python package, usable offline
   (``smollm2-135m-instruct``, see :data:`SHORT_NAMES`),
-* an already loaded ``(model, tokenizer)`` pair, e.g. a tiny model built in a test.
+* an already loaded ``(model, tokenizer)`` pair, e.g. a tiny model built in a test,
+* a :class:`LoadedModel`, the handle every loader of this module returns.
+
+A :class:`LoadedModel` holds the model and its tokenizer with the token-id helpers the rerankers share (plain ids,
+ids of a piece as it reads mid-prompt, the special tokens a tokenizer adds, the pad id, the chat template's parts
+around a user turn, a shared-prefix key/value store). Loading the same model (path, kind, device, dtype, tokenizer,
+loading options) twice in one process returns the same handle, so ``UPR('smollm2-135m-instruct')`` and
+``ICR('smollm2-135m-instruct')`` share one copy of the weights; the copy is freed when no reranker holds it.
+Pass a handle (or a pair) to several rerankers to share a model explicitly.
 
 Loaded models are put in eval mode on the requested device. ``device="auto"`` picks
 CUDA when available and the CPU otherwise; ``dtype="auto"`` picks bfloat16 on CUDA
@@ -15,20 +23,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
+from pyterrier_llmrank.causal import PrefixKV, chat_parts, pad_id, special_tokens_around
 from pyterrier_llmrank.folders import build_folder, cache_dir, is_built
 
 __all__ = [
     'cache_dir', 'resolve_device', 'resolve_dtype', 'resolve_model_path', 'load_causal_lm',
-    'load_seq2seq_lm', 'load_encoder', 'load_sequence_classifier', 'SHORT_NAMES', 'ModelRef',
+    'load_seq2seq_lm', 'load_encoder', 'load_sequence_classifier', 'SHORT_NAMES', 'ModelRef', 'LoadedModel',
+    'model_name',
 ]
-
-ModelRef = Union[str, os.PathLike, Tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -110,19 +120,191 @@ def resolve_model_path(name: Union[str, os.PathLike]) -> str:
     return str(target)
 
 
+class LoadedModel:
+    """A loaded model and its tokenizer, with the token-id helpers every reranker of the toolkit uses.
+
+    Every loader of :mod:`pyterrier_llmrank.models` returns one; every reranker accepts one as its ``model``.
+    It unpacks like the ``(model, tokenizer)`` pair it wraps: ``model, tokenizer = handle``.
+
+    Attributes:
+        model: the model, in eval mode.
+        tokenizer: its tokenizer.
+        name: a short human-readable name (the name or path it was loaded from) for reprs.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: Optional[str] = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or _pair_name(model)
+        self._memo: Dict[Any, Any] = {}
+
+    # -- the pair --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer))
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.model, self.tokenizer)[i]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        return f'LoadedModel({self.name!r}, {type(self.model).__name__}, {self.device}, {self.dtype})'
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's parameters."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def config(self) -> Any:
+        """The model's config."""
+        return self.model.config
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The model's context length (``max_position_embeddings`` or ``n_positions``), ``None`` when unbounded
+        (T5's relative positions)."""
+        for key in ('max_position_embeddings', 'n_positions'):
+            value = getattr(self.config, key, None)
+            if value:
+                return int(value)
+        return None
+
+    # -- token ids -------------------------------------------------------------------------------------------
+    def ids(self, text: str) -> List[int]:
+        """Token ids of ``text`` without added special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)['input_ids'])
+
+    @property
+    def prefix_space(self) -> bool:
+        """Whether the tokenizer writes a word-start marker at the beginning of every text (SentencePiece ``▁``)."""
+        if 'prefix_space' not in self._memo:
+            ids = self.ids('\n')
+            self._memo['prefix_space'] = self.tokenizer.decode(ids) != '\n'
+        return self._memo['prefix_space']
+
+    def piece_ids(self, text: str) -> List[int]:
+        """Token ids of ``text`` as it reads in the middle of a prompt.
+
+        The same as :meth:`ids`, except for tokenizers that mark a word start at the beginning of every text
+        (SentencePiece): there ``text`` is tokenized behind a newline anchor that is then removed.
+        """
+        if not text:
+            return []
+        if not self.prefix_space:
+            return self.ids(text)
+        anchor = self.ids('\n')
+        ids = self.ids('\n' + text)
+        if ids[:len(anchor)] == anchor:
+            return ids[len(anchor):]
+        return self.ids(text)
+
+    @property
+    def special_tokens(self) -> Tuple[List[int], List[int]]:
+        """The special tokens the tokenizer adds before and after a text (e.g. ``([BOS], [])``, ``([], [EOS])``)."""
+        if 'special' not in self._memo:
+            before, after = special_tokens_around(self.tokenizer)
+            self._memo['special'] = (list(before), list(after))
+        return self._memo['special']
+
+    @property
+    def pad_id(self) -> int:
+        """The pad id (else EOS, else 0); padding is masked out either way."""
+        return pad_id(self.tokenizer)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template."""
+        return bool(getattr(self.tokenizer, 'chat_template', None))
+
+    def chat_parts(self, system: Any = None) -> Tuple[str, str, str]:
+        """The chat template around one user turn (see :func:`pyterrier_llmrank.causal.chat_parts`), memoised."""
+        key = ('chat', system)
+        if key not in self._memo:
+            self._memo[key] = chat_parts(self.tokenizer, system)
+        return self._memo[key]
+
+    def prefix_kv(self) -> PrefixKV:
+        """A new, empty store of shared-prefix key/value states for this model."""
+        return PrefixKV(self.model)
+
+
+ModelRef = Union[str, os.PathLike, Tuple[Any, Any], LoadedModel]
+
+# Handles loaded by name in this process, by (kind, path, device, dtype, tokenizer, options); weak, so that a
+# model no reranker holds any more is freed.
+_LOADED: 'weakref.WeakValueDictionary[Any, LoadedModel]' = weakref.WeakValueDictionary()
+_LOCK = threading.Lock()
+
+
+def _pair_name(model: Any) -> str:
+    cfg = getattr(model, 'config', None)
+    return getattr(cfg, '_name_or_path', None) or type(model).__name__
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def _explicit(value: Any) -> bool:
+    return value is not None and value != 'auto'
+
+
+def _from_handle(handle: LoadedModel, device: Any, dtype: Any) -> LoadedModel:
+    """A handle given as the model: used as it is; an explicit device or dtype that differs is an error."""
+    if _explicit(device) and resolve_device(device) != handle.device and not (
+            resolve_device(device).type == handle.device.type and resolve_device(device).index is None):
+        raise ValueError(f'the model {handle.name!r} is loaded on {handle.device}, not {device}: load it there '
+                         'or leave device="auto"')
+    if _explicit(dtype) and resolve_dtype(dtype, handle.device) != handle.dtype:
+        raise ValueError(f'the model {handle.name!r} is loaded in {handle.dtype}, not {dtype}: load it so or '
+                         'leave dtype="auto"')
+    return handle
+
+
 def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, None], dtype: Any,
-          tokenizer: Any = None, tokenizer_kwargs: Optional[dict] = None, **model_kwargs: Any) -> Tuple[Any, Any]:
+          tokenizer: Any = None, tokenizer_kwargs: Optional[dict] = None, shared: bool = True,
+          **model_kwargs: Any) -> LoadedModel:
     from transformers import AutoTokenizer
+    if isinstance(model, LoadedModel):
+        if tokenizer is not None:
+            raise ValueError('tokenizer cannot override the tokenizer of a LoadedModel')
+        return _from_handle(model, device, dtype)
     dev = resolve_device(device)
     if isinstance(model, tuple):
         mdl, tok = model
         if tokenizer is not None:
             tok = tokenizer
-        if dtype is not None and dtype != 'auto':
+        if _explicit(dtype):
             mdl = mdl.to(resolve_dtype(dtype, dev))
-    else:
-        path = resolve_model_path(model)
-        mdl = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **model_kwargs)
+        mdl = mdl.to(dev)
+        mdl.eval()
+        return LoadedModel(mdl, tok)
+    path = resolve_model_path(model)
+    tok_key = tokenizer if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else id(tokenizer)
+    key = (auto_cls.__name__, os.path.abspath(path) if os.path.exists(path) else path, str(dev),
+           str(resolve_dtype(dtype, dev)), str(tok_key) if tok_key is not None else None,
+           _hashable(tuple(sorted((tokenizer_kwargs or {}).items()))),
+           _hashable(tuple(sorted(model_kwargs.items()))))
+    with _LOCK:
+        handle = _LOADED.get(key) if shared else None
+        if handle is not None:
+            return handle
+        try:
+            mdl = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **model_kwargs)
+        except OSError as e:
+            raise OSError(f'could not load the model {str(model)!r} (looked for {path!r} as a local folder and, '
+                          f'unless HF_HUB_OFFLINE=1, on the Hugging Face hub): {e}') from e
         if path != str(model):  # a short name: keep it as the model's name for reprs
             mdl.config._name_or_path = str(model)
         if tokenizer is None:
@@ -131,88 +313,112 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
             tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer), **(tokenizer_kwargs or {}))
         else:
             tok = tokenizer
-    mdl = mdl.to(dev)
-    mdl.eval()
-    return mdl, tok
+        mdl = mdl.to(dev)
+        mdl.eval()
+        handle = LoadedModel(mdl, tok, str(model))
+        if shared:
+            _LOADED[key] = handle
+    return handle
 
 
 def load_causal_lm(model: ModelRef = 'smollm2-135m-instruct', device: Union[str, torch.device, None] = 'auto',
-                   dtype: Any = 'auto', tokenizer: Any = None, **kwargs: Any) -> Tuple[Any, Any]:
+                   dtype: Any = 'auto', tokenizer: Any = None, **kwargs: Any) -> LoadedModel:
     """Load a causal (decoder-only) LM and its tokenizer.
 
     Args:
-        model: hub name, local folder, short name (``smollm2-135m-instruct``) or a ``(model, tokenizer)`` pair.
-            A local folder holding a peft adapter (``adapter_config.json``, as the training recipes of
-            :mod:`pyterrier_llmrank.train` write) is loaded on its base model and merged.
+        model: hub name, local folder, short name (``smollm2-135m-instruct``), a ``(model, tokenizer)`` pair or a
+            :class:`LoadedModel`. A local folder holding a peft adapter (``adapter_config.json``, as the training
+            recipes of :mod:`pyterrier_llmrank.train` write) is loaded on its base model and merged.
         device: ``'auto'`` (cuda if available, else cpu), ``'cpu'``, ``'cuda:0'``, ...
         dtype: ``'auto'``, a ``torch.dtype`` or its name.
         tokenizer: optional tokenizer (object or name) overriding the model's own.
         **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
 
     Returns:
-        ``(model, tokenizer)``, the model in eval mode on ``device``.
+        A :class:`LoadedModel` (unpacks as ``model, tokenizer``), the model in eval mode on ``device``; the same
+        handle for the same arguments while one is alive.
     """
     from transformers import AutoModelForCausalLM
-    if not isinstance(model, tuple):
-        adapter = _local_adapter(model)
-        if adapter is not None:
-            return _load_adapter(adapter, AutoModelForCausalLM, device, dtype, tokenizer, **kwargs)
-    return _load(model, AutoModelForCausalLM, device, dtype, tokenizer, **kwargs)
+    return _load_maybe_adapter(model, AutoModelForCausalLM, device, dtype, tokenizer, **kwargs)
 
 
-def _local_adapter(model: Union[str, os.PathLike]) -> Optional[Path]:
+def local_adapter(model: Any) -> Optional[Path]:
     """``model`` as a local folder holding a peft adapter (``adapter_config.json``), else ``None``."""
+    if isinstance(model, (tuple, LoadedModel)):
+        return None
     path = Path(str(model)).expanduser()
     if path.is_dir() and (path / 'adapter_config.json').exists():
         return path
     return None
 
 
-def _load_adapter(path: Path, auto_cls: Callable, device: Union[str, torch.device, None], dtype: Any,
-                  tokenizer: Any = None, **model_kwargs: Any) -> Tuple[Any, Any]:
-    """Loads a local peft LoRA adapter folder on its base model and merges it (``merge_and_unload``).
+def _load_maybe_adapter(model: ModelRef, auto_cls: Callable, device: Any, dtype: Any, tokenizer: Any = None,
+                        base_config: Optional[Callable[[Any], None]] = None, **model_kwargs: Any) -> LoadedModel:
+    """Load ``model``; a local peft LoRA adapter folder is loaded on its base model and merged (``merge_and_unload``).
 
     The base is the adapter's ``base_model_name_or_path`` (a hub name, folder or short name of
-    :data:`SHORT_NAMES`); the tokenizer is the adapter folder's when it has one, else the base's.
+    :data:`SHORT_NAMES`), loaded afresh (never a shared copy, which the merge would change); the tokenizer is the
+    adapter folder's when it has one, else the base's. ``base_config`` may adjust the base model before the merge.
+    Merged adapters are shared like any other model.
     """
+    path = local_adapter(model)
+    if path is None:
+        return _load(model, auto_cls, device, dtype, tokenizer, **model_kwargs)
     from peft import PeftConfig, PeftModel
+    dev = resolve_device(device)
+    key = ('adapter', auto_cls.__name__, str(path.resolve()), str(dev), str(resolve_dtype(dtype, dev)),
+           str(tokenizer) if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else id(tokenizer),
+           _hashable(tuple(sorted(model_kwargs.items()))))
+    with _LOCK:
+        handle = _LOADED.get(key)
+    if handle is not None:
+        return handle
     cfg = PeftConfig.from_pretrained(str(path))
     base = cfg.base_model_name_or_path
     if not base:
         raise ValueError(f'{path}/adapter_config.json names no base_model_name_or_path')
     if tokenizer is None:
         tokenizer = str(path) if (path / 'tokenizer_config.json').exists() else base
-    mdl, tok = _load(base, auto_cls, device, dtype, tokenizer, **model_kwargs)
-    mdl = PeftModel.from_pretrained(mdl, str(path)).merge_and_unload()
+    loaded = _load(base, auto_cls, device, dtype, tokenizer, shared=False, **model_kwargs)
+    if base_config is not None:
+        base_config(loaded.model)
+    mdl = PeftModel.from_pretrained(loaded.model, str(path)).merge_and_unload()
     mdl.eval()
     mdl.config._name_or_path = str(path)
-    return mdl, tok
+    handle = LoadedModel(mdl, loaded.tokenizer, str(model))
+    with _LOCK:
+        _LOADED[key] = handle
+    return handle
 
 
 def load_seq2seq_lm(model: ModelRef, device: Union[str, torch.device, None] = 'auto', dtype: Any = 'auto',
-                    tokenizer: Any = None, **kwargs: Any) -> Tuple[Any, Any]:
+                    tokenizer: Any = None, **kwargs: Any) -> LoadedModel:
     """Load an encoder-decoder LM (T5 family) and its tokenizer; see :func:`load_causal_lm` for the arguments."""
     from transformers import AutoModelForSeq2SeqLM
     return _load(model, AutoModelForSeq2SeqLM, device, dtype, tokenizer, **kwargs)
 
 
 def load_encoder(model: ModelRef, device: Union[str, torch.device, None] = 'auto', dtype: Any = 'auto',
-                 tokenizer: Any = None, **kwargs: Any) -> Tuple[Any, Any]:
+                 tokenizer: Any = None, **kwargs: Any) -> LoadedModel:
     """Load an encoder (BERT/DistilBERT family, ``AutoModel``) and its tokenizer."""
     from transformers import AutoModel
     return _load(model, AutoModel, device, dtype, tokenizer, **kwargs)
 
 
 def load_sequence_classifier(model: ModelRef, device: Union[str, torch.device, None] = 'auto', dtype: Any = 'auto',
-                             tokenizer: Any = None, **kwargs: Any) -> Tuple[Any, Any]:
-    """Load a model with a sequence-classification head (cross-encoders, DeAR stage 1)."""
+                             tokenizer: Any = None, base_config: Optional[Callable[[Any], None]] = None,
+                             **kwargs: Any) -> LoadedModel:
+    """Load a model with a sequence-classification head (cross-encoders, DeAR stage 1); a local peft adapter
+    folder is merged on its base as in :func:`load_causal_lm` (``base_config`` may adjust the base first)."""
     from transformers import AutoModelForSequenceClassification
-    return _load(model, AutoModelForSequenceClassification, device, dtype, tokenizer, **kwargs)
+    return _load_maybe_adapter(model, AutoModelForSequenceClassification, device, dtype, tokenizer,
+                               base_config=base_config, **kwargs)
 
 
 def model_name(model: ModelRef) -> str:
     """A short human-readable name for ``__repr__``."""
+    if isinstance(model, LoadedModel):
+        return model.name
     if isinstance(model, tuple):
-        cfg = getattr(model[0], 'config', None)
-        return getattr(cfg, '_name_or_path', None) or type(model[0]).__name__
+        return _pair_name(model[0])
     return str(model)
