@@ -37,7 +37,7 @@ from pyterrier_llmrank.folders import build_folder, cache_dir, is_built
 __all__ = [
     'cache_dir', 'resolve_device', 'resolve_dtype', 'resolve_model_path', 'load_causal_lm',
     'load_seq2seq_lm', 'load_encoder', 'load_sequence_classifier', 'SHORT_NAMES', 'ModelRef', 'LoadedModel',
-    'model_name',
+    'model_name', 'is_encoder_decoder', 'local_adapter',
 ]
 
 
@@ -413,6 +413,15 @@ def load_sequence_classifier(model: ModelRef, device: Union[str, torch.device, N
     from transformers import AutoModelForSequenceClassification
     return _load_maybe_adapter(model, AutoModelForSequenceClassification, device, dtype, tokenizer,
                                base_config=base_config, **kwargs)
+
+
+def is_encoder_decoder(model: ModelRef) -> bool:
+    """Whether ``model`` (a name, folder, pair or handle) is an encoder-decoder (T5 family); reads only the config
+    of a model not loaded yet."""
+    if isinstance(model, (tuple, LoadedModel)):
+        return bool(getattr(model[0].config, 'is_encoder_decoder', False))
+    from transformers import AutoConfig
+    return bool(getattr(AutoConfig.from_pretrained(resolve_model_path(model)), 'is_encoder_decoder', False))
 
 
 def model_name(model: ModelRef) -> str:

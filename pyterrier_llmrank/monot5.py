@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import defaultdict
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import PointwiseReranker, Reranker
+from pyterrier_llmrank.base import OneOf, PointwiseReranker, QueryCandidates, QueryReranker
 
 __all__ = ['MonoT5', 'DuoT5', 'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
            'DUOT5_DOC1_TEMPLATE', 'DUOT5_SUFFIX', 'TRUE_TOKEN', 'FALSE_TOKEN', 't5_true_logprobs']
@@ -91,10 +90,9 @@ class _T5Mixin:
     """Model loading, target ids and repr shared by MonoT5 and DuoT5."""
 
     def _load(self, tok_model: Any, model: Any, device: Any, dtype: Any) -> None:
-        tokenizer = None if isinstance(model, tuple) else models.resolve_model_path(tok_model)
-        self.model, self.tokenizer = models.load_seq2seq_lm(model, device=device, dtype=dtype, tokenizer=tokenizer)
-        self.model_name = models.model_name(model)
-        self.tok_model = None if isinstance(model, tuple) else str(tok_model)
+        tokenizer = None if isinstance(model, (tuple, models.LoadedModel)) else models.resolve_model_path(tok_model)
+        self._use_model(models.load_seq2seq_lm, model, device=device, dtype=dtype, tokenizer=tokenizer)
+        self.tok_model = None if isinstance(model, (tuple, models.LoadedModel)) else str(tok_model)
         # pyterrier-t5: self.REL = tokenizer.encode('true')[0]; self.NREL = tokenizer.encode('false')[0]
         self.REL = self.tokenizer.encode(TRUE_TOKEN)[0]
         self.NREL = self.tokenizer.encode(FALSE_TOKEN)[0]
@@ -164,7 +162,7 @@ class MonoT5(_T5Mixin, PointwiseReranker):
         return t5_true_logprobs(self.model, items, self.REL, self.NREL, self.pad)
 
 
-class DuoT5(_T5Mixin, Reranker):
+class DuoT5(_T5Mixin, QueryReranker):
     """DuoT5 pairwise reranker: every ordered pair of a query's documents is compared by the model.
 
     Pradeep, Nogueira, Lin: "The Expando-Mono-Duo Design Pattern for Text Ranking with Pretrained
@@ -179,7 +177,9 @@ class DuoT5(_T5Mixin, Reranker):
     figures match pyterrier-t5 and its regression tests). A query with ``n`` documents costs ``n (n - 1)``
     sequences: rerank a short list (``% 10`` to ``% 50``), e.g. after MonoT5.
 
-    Pairs of a few queries at a time are sorted by length and scored in batches of ``batch_size``.
+    Pairs of a few queries at a time are sorted by length and scored in batches of ``batch_size``. Each input row
+    is scored on its own: two rows with the same docno (a duplicate in the input) get their own scores, where
+    pyterrier-t5 would add the copies' scores together.
 
     Args:
         tok_model: tokenizer name or folder (ignored when ``model`` is a ``(model, tokenizer)`` pair).
@@ -197,13 +197,13 @@ class DuoT5(_T5Mixin, Reranker):
     """
 
     label = 'DuoT5'
+    ARGUMENTS = {'agg': OneOf('sum')}
 
     def __init__(self, tok_model: Any = 't5-base', model: Any = 'castorini/duot5-base-msmarco', batch_size: int = 16,
                  text_field: str = 'text', device: Any = 'auto', verbose: bool = False, agg: str = 'sum',
                  dtype: Any = 'auto') -> None:
         super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
-        if agg != 'sum':
-            raise ValueError("DuoT5 only supports agg='sum' (as pyterrier-t5)")
+        self.check_arguments(agg=agg)
         self.agg = agg
         self._load(tok_model, model, device, dtype)
         self.suffix = list(self.tokenizer(DUOT5_SUFFIX)['input_ids'])
@@ -225,53 +225,46 @@ class DuoT5(_T5Mixin, Reranker):
         d1, = self._ids([DUOT5_DOC1_TEMPLATE.format(d=text1)])
         return self.pair_ids(q, d0, d1)
 
-    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
-        groups = inp.groupby('qid', sort=True).indices  # qid -> row positions in input order, as pyterrier-t5
-        sizes = {qid: len(rows) for qid, rows in groups.items()}
-        big = max(sizes.values())
+    def _rerank_queries(self, queries: List[QueryCandidates]) -> List[np.ndarray]:
+        big = max(len(q) for q in queries)
         if big > DUOT5_WARN_DOCS:
             warnings.warn(f'A large number of results per query was detected ({big}). Since DuoT5 is an O(n^2) '
                           'operation, this will take a considerable amount of time to process. Consider first '
                           'reducing the size of the results using the % operator.')
-        queries = inp['query'].tolist()
-        texts = inp[self.text_field].tolist()
-        docnos = inp['docno'].tolist()
-        scores: Dict[Tuple[Any, Any], float] = defaultdict(float)
-        total = sum(n * (n - 1) for n in sizes.values())
+        scores = [np.zeros(len(q), dtype='float64') for q in queries]
+        total = sum(len(q) * (len(q) - 1) for q in queries)
         bar = pt.tqdm(total=total, desc=self.label, unit='pairs') if self.verbose else None
-        chunk: List[Tuple[Any, np.ndarray]] = []
+        chunk: List[int] = []
         n_chunk = 0
-        for qid, rows in groups.items():
-            chunk.append((qid, rows))
-            n_chunk += len(rows) * (len(rows) - 1)
+        for i, q in enumerate(queries):
+            chunk.append(i)
+            n_chunk += len(q) * (len(q) - 1)
             if n_chunk >= self.chunk_pairs:
-                self._score_chunk(chunk, queries, texts, docnos, scores, bar)
+                self._score_chunk([queries[k] for k in chunk], [scores[k] for k in chunk], bar)
                 chunk, n_chunk = [], 0
         if chunk:
-            self._score_chunk(chunk, queries, texts, docnos, scores, bar)
+            self._score_chunk([queries[k] for k in chunk], [scores[k] for k in chunk], bar)
         if bar is not None:
             bar.close()
-        qids = inp['qid'].tolist()
-        out = [scores[qid, docno] for qid, docno in zip(qids, docnos)]
-        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=np.asarray(out, dtype='float64'))
+        return scores
 
-    def _score_chunk(self, chunk: List[Tuple[Any, np.ndarray]], queries: List[Any], texts: List[Any],
-                     docnos: List[Any], scores: Dict[Tuple[Any, Any], float], bar: Any) -> None:
-        rows = np.concatenate([r for _, r in chunk])
-        d0 = dict(zip(rows.tolist(), self._ids([DUOT5_DOC0_TEMPLATE.format(d=texts[r]) for r in rows])))
-        d1 = dict(zip(rows.tolist(), self._ids([DUOT5_DOC1_TEMPLATE.format(d=texts[r]) for r in rows])))
-        qtexts = list(dict.fromkeys(queries[r] for r in rows))
-        q_ids = dict(zip(qtexts, self._ids([DUOT5_QUERY_TEMPLATE.format(q=q) for q in qtexts])))
-        pairs: List[Tuple[Any, int, int]] = []  # (qid, row0, row1) in pyterrier-t5's order (permutations)
+    def _score_chunk(self, chunk: List[QueryCandidates], scores: List[np.ndarray], bar: Any) -> None:
+        """Score every ordered pair of the chunk's queries, adding pyterrier-t5's aggregation into ``scores``."""
+        q_ids = {}
+        for q in chunk:
+            if q.query not in q_ids:
+                q_ids[q.query], = self._ids([DUOT5_QUERY_TEMPLATE.format(q=q.query)])
+        pairs: List[Tuple[int, int, int]] = []  # (query in chunk, position a, position b), ordered pairs
         seqs: List[List[int]] = []
-        for qid, qrows in chunk:
-            qrows = qrows.tolist()
-            for a in qrows:
-                q = q_ids[queries[a]]  # pyterrier-t5 reads the query of the pair's first row
-                for b in qrows:
+        for c, q in enumerate(chunk):
+            texts = [t if isinstance(t, str) else '' for t in q.texts]
+            d0 = self._ids([DUOT5_DOC0_TEMPLATE.format(d=t) for t in texts])
+            d1 = self._ids([DUOT5_DOC1_TEMPLATE.format(d=t) for t in texts])
+            for a in range(len(q)):
+                for b in range(len(q)):
                     if a != b:
-                        pairs.append((qid, a, b))
-                        seqs.append(self.pair_ids(q, d0[a], d1[b]))
+                        pairs.append((c, a, b))
+                        seqs.append(self.pair_ids(q_ids[q.query], d0[a], d1[b]))
         lengths = np.array([len(s) for s in seqs])
         order = np.argsort(-lengths, kind='stable')
         pair_scores = np.zeros(len(seqs), dtype='float64')
@@ -279,10 +272,10 @@ class DuoT5(_T5Mixin, Reranker):
             batch = order[i:i + self.batch_size]
             start = time.perf_counter()
             pair_scores[batch] = t5_true_logprobs(self.model, [seqs[j] for j in batch], self.REL, self.NREL, self.pad)
-            self.stats.add_batch([pairs[j][0] for j in batch], lengths[batch], int(lengths[batch].max()),
+            self.stats.add_batch([chunk[pairs[j][0]].qid for j in batch], lengths[batch], int(lengths[batch].max()),
                                  time.perf_counter() - start)
             if bar is not None:
                 bar.update(len(batch))
-        for (qid, a, b), s in zip(pairs, pair_scores.tolist()):  # pyterrier-t5's aggregation, in its order
-            scores[qid, docnos[a]] += s
-            scores[qid, docnos[b]] += 1 - s
+        for (c, a, b), s in zip(pairs, pair_scores.tolist()):  # pyterrier-t5's aggregation, in its order
+            scores[c][a] += s
+            scores[c][b] += 1 - s

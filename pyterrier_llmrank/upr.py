@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import PointwiseReranker, fit_pieces
-from pyterrier_llmrank.causal import chat_parts, pad_id, special_tokens_around, target_logprobs
+from pyterrier_llmrank.base import AtLeast, OneOf, PointwiseReranker, fit_pieces
+from pyterrier_llmrank.causal import target_logprobs
 
 __all__ = ['UPR', 'UPR_PASSAGE_TEMPLATE', 'UPR_HEAD', 'UPR_VERBALIZER', 'UPR_QUESTION_TEMPLATE']
 
@@ -63,49 +63,40 @@ class UPR(PointwiseReranker):
     """
 
     label = 'UPR'
+    ARGUMENTS = {'reduce': OneOf('sum', 'mean'), 'kind': OneOf('seq2seq', 'causal', 'auto'),
+                 'max_passage_tokens': AtLeast(1), 'max_query_tokens': AtLeast(1)}
 
     def __init__(self, model: Any = 'google/t5-base-lm-adapt', *, kind: str = 'auto', chat: bool = False,
                  reduce: str = 'sum', max_passage_tokens: int = 512, max_query_tokens: int = 128,
                  title_field: str = 'title', text_field: str = 'text', batch_size: int = 16, verbose: bool = False,
                  device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
-        if reduce not in ('sum', 'mean'):
-            raise ValueError("reduce must be 'sum' or 'mean'")
+        self.check_arguments(reduce=reduce, kind=kind, max_passage_tokens=max_passage_tokens,
+                             max_query_tokens=max_query_tokens)
         if kind == 'auto':
-            if isinstance(model, tuple):
-                kind = 'seq2seq' if getattr(model[0].config, 'is_encoder_decoder', False) else 'causal'
-            else:
-                from transformers import AutoConfig
-                cfg = AutoConfig.from_pretrained(models.resolve_model_path(model))
-                kind = 'seq2seq' if getattr(cfg, 'is_encoder_decoder', False) else 'causal'
-        if kind not in ('seq2seq', 'causal'):
-            raise ValueError("kind must be 'seq2seq', 'causal' or 'auto'")
+            kind = 'seq2seq' if models.is_encoder_decoder(model) else 'causal'
         self.kind = kind
         loader = models.load_seq2seq_lm if kind == 'seq2seq' else models.load_causal_lm
-        self.model, self.tokenizer = loader(model, device=device, dtype=dtype)
-        self.model_name = models.model_name(model)
+        self._use_model(loader, model, device=device, dtype=dtype)
         self.reduce = reduce
         self.max_passage_tokens = max_passage_tokens
         self.max_query_tokens = max_query_tokens
         self.title_field = title_field
-        self.pad = pad_id(self.tokenizer)
-        self._pre, self._post = special_tokens_around(self.tokenizer)
+        self.pad = self.lm.pad_id
+        self._pre, self._post = self.lm.special_tokens
         if kind == 'causal':
             self.chat = chat
             if chat:
-                before, after, end = chat_parts(self.tokenizer)
-                self._chat_before = self._ids(before)
-                self._chat_after = self._ids(after)
-                self._chat_end = self._ids(end)[:1]  # the end-of-turn token (trailing newline not scored)
+                before, after, end = self.lm.chat_parts()
+                self._chat_before = self.lm.ids(before)
+                self._chat_after = self.lm.ids(after)
+                self._chat_end = self.lm.ids(end)[:1]  # the end-of-turn token (trailing newline not scored)
         else:
             self.chat = False
 
     def _repr_args(self) -> str:
         extra = f', chat={self.chat}' if self.kind == 'causal' else ''
         return f'{self.model_name!r}, kind={self.kind!r}{extra}'
-
-    def _ids(self, text: str) -> List[int]:
-        return self.tokenizer(text, add_special_tokens=False)['input_ids']
 
     def passage_text(self, text: str, title: Optional[str] = None) -> str:
         """The passage prompt of the reference (``UPR_PASSAGE_TEMPLATE``) for one document."""
@@ -115,12 +106,12 @@ class UPR(PointwiseReranker):
 
     def _passage_ids(self, text: str, title: Optional[str], budget: int) -> List[int]:
         """Token ids of the passage prompt, the passage text cut (never the head or instruction) to ``budget``."""
-        ids = self._ids(self.passage_text(text, title))
+        ids = self.lm.ids(self.passage_text(text, title))
         if len(ids) <= budget:
             return ids
-        head = self._ids(f'{UPR_HEAD} {title}' if title else UPR_HEAD.rstrip())
-        tail = self._ids(f'. {UPR_VERBALIZER}')
-        body = self._ids(' ' + text)
+        head = self.lm.ids(f'{UPR_HEAD} {title}' if title else UPR_HEAD.rstrip())
+        tail = self.lm.ids(f'. {UPR_VERBALIZER}')
+        body = self.lm.ids(' ' + text)
         return sum(fit_pieces([head, body, tail], budget, cut=[1]), [])
 
     def _encode(self, inp: pd.DataFrame) -> List[Any]:
@@ -131,7 +122,7 @@ class UPR(PointwiseReranker):
             title = title if isinstance(title, str) and title.strip() else None
             text = text if isinstance(text, str) else ''
             if query not in cache_q:
-                label = self._ids(UPR_QUESTION_TEMPLATE.format(query=query))[:self.max_query_tokens]
+                label = self.lm.ids(UPR_QUESTION_TEMPLATE.format(query=query))[:self.max_query_tokens]
                 cache_q[query] = label
             label = cache_q[query]
             if self.kind == 'seq2seq':

@@ -84,7 +84,7 @@ def test_truncation_keeps_instruction_and_query(smollm2):
     inp = frame([('1', 'what is a cat', 'long', long_text)])
     (ctx, label), = upr._encode(inp)
     assert len(ctx) == 64
-    tail = upr._ids('. Please write a question based on this passage.')
+    tail = upr.lm.ids('. Please write a question based on this passage.')
     assert ctx[-len(tail):] == tail
     assert upr.tokenizer.decode(ctx).startswith('Passage: felines felines')
     assert upr.tokenizer.decode(label) == 'Question: what is a cat<|im_end|>'
