@@ -125,6 +125,15 @@ def test_scifact_train_split(data_dir):
     assert set(train.get_qrels()['docno']) <= set(train.docs())
 
 
+def test_split_under_symlinked_data_folder(tmp_path):
+    real = _write_collection(tmp_path / 'real' / 'col', GOOD_DOCS, GOOD_TOPICS, GOOD_QRELS)
+    _write_collection(real / 'train', topics=GOOD_TOPICS, qrels=GOOD_QRELS)
+    (tmp_path / 'link').symlink_to(tmp_path / 'real')
+    train = datasets.load(tmp_path / 'link' / 'col' / 'train')
+    assert train.name == 'col/train' and train.docs_path == tmp_path / 'link' / 'col' / 'docs.jsonl.gz'
+    assert sorted(train.docs()) == ['d1', 'd2', 'd3']
+
+
 def test_bare_name_lookup(data_dir, monkeypatch, tmp_path):
     monkeypatch.setenv('PYTERRIER_LLMRANK_DATA', str(data_dir))
     monkeypatch.chdir(tmp_path)  # not found relative to the working directory: only via the env
@@ -269,10 +278,10 @@ def test_pisa_bm25_vaswani(data_dir, monkeypatch, tmp_path):
     stamp = (meta.stat().st_ino, meta.stat().st_mtime_ns)
     assert not [p for p in path.parent.iterdir() if p.name.startswith('.')]  # no temporary folder left
 
-    # a fresh collection object reuses the index on disk: building again would fail here
-    def no_build(*args, **kwargs):
+    # a fresh collection object reuses the index on disk: indexing again would fail here
+    def no_index(*args, **kwargs):
         raise AssertionError('index rebuilt')
-    monkeypatch.setattr(datasets.FolderCollection, '_build_pisa', no_build)
+    monkeypatch.setattr(pyterrier_pisa.PisaIndex, 'index', no_index)
     again = datasets.load(data_dir / 'vaswani')
     assert again.cache_path() == path
     again.bm25(num_results=10)
@@ -323,3 +332,128 @@ def test_undecodable_line(tmp_path):
     (root / 'topics.tsv').write_bytes(b'q1\tok\n\nq2\t\xff bad\n')
     with pytest.raises(DatasetFormatError, match=r'topics\.tsv:3: not UTF-8'):
         datasets.load(root).get_topics()
+
+
+# ---------------------------------------------------------------------------------------------
+# corrupted and truncated files, documents without text
+
+
+def test_layout_exports():
+    """The package keeps every public name of the former single module, each defined once."""
+    from pyterrier_llmrank.datasets import core, errors, folder, irds, locate, pisa, transformers
+    for name in datasets.__all__:
+        assert getattr(datasets, name) is not None, name
+    assert datasets.load is locate.load and datasets.Collection is core.Collection
+    assert datasets.FolderCollection is folder.FolderCollection and datasets.IRDSCollection is irds.IRDSCollection
+    assert datasets.TextLoader is transformers.TextLoader and datasets.StoredRun is transformers.StoredRun
+    assert datasets.DatasetFormatError is errors.DatasetFormatError and datasets.DOCS_FILE == 'docs.jsonl.gz'
+    assert pisa.MARKER == 'pt_meta.json'
+
+
+def _gzip_bytes(lines):
+    return gzip.compress(''.join(json.dumps(d) + '\n' for d in lines).encode('utf-8'), mtime=0)
+
+
+def _with_docs_bytes(tmp_path, data):
+    root = _write_collection(tmp_path / 'c', GOOD_DOCS, GOOD_TOPICS, GOOD_QRELS)
+    (root / 'docs.jsonl.gz').write_bytes(data)
+    return datasets.load(root)
+
+
+MANY_DOCS = [{'docno': f'd{i}', 'text': f'document number {i} ' * 20} for i in range(400)]
+
+
+def test_gzip_corrupted_bytes(tmp_path):
+    data = bytearray(_gzip_bytes(MANY_DOCS))
+    data[10] = 0xFF  # the first deflate block header (after the 10-byte gzip header): a reserved block type
+    col = _with_docs_bytes(tmp_path, bytes(data))
+    with pytest.raises(DatasetFormatError, match=r'docs\.jsonl\.gz: corrupted or truncated gzip file '
+                                                  r'\(before the first line\): error: .*invalid block type') as e:
+        col.docs()
+    assert str(col.docs_path) in str(e.value)
+    with pytest.raises(DatasetFormatError, match='corrupted or truncated gzip'):
+        list(col.get_corpus_iter())
+
+
+def test_gzip_crc_mismatch(tmp_path):
+    data = bytearray(_gzip_bytes(GOOD_DOCS))
+    data[-8] ^= 0xFF  # the CRC32 in the gzip trailer: the data decompresses but does not check
+    with pytest.raises(DatasetFormatError, match=r'docs\.jsonl\.gz: corrupted or truncated gzip file.*CRC'):
+        _with_docs_bytes(tmp_path, bytes(data)).docs()
+
+
+def test_gzip_truncated(tmp_path):
+    data = _gzip_bytes(MANY_DOCS)
+    col = _with_docs_bytes(tmp_path, data[:len(data) // 2])
+    with pytest.raises(DatasetFormatError, match=r'docs\.jsonl\.gz: corrupted or truncated gzip file \(after line '
+                                                  r'\d+\): EOFError'):
+        col.docs()
+
+
+def test_gzip_not_gzip(tmp_path):
+    col = _with_docs_bytes(tmp_path, b''.join(json.dumps(d).encode() + b'\n' for d in GOOD_DOCS))  # plain JSONL
+    with pytest.raises(DatasetFormatError, match=r'docs\.jsonl\.gz: corrupted or truncated gzip file '
+                                                  r'\(before the first line\): BadGzipFile'):
+        col.docs()
+
+
+def test_docs_truncated_inside_a_line(tmp_path):
+    text = ''.join(json.dumps(d) + '\n' for d in GOOD_DOCS)
+    col = _with_docs_bytes(tmp_path, gzip.compress(text[:-12].encode(), mtime=0))  # valid gzip, cut JSON
+    with pytest.raises(DatasetFormatError, match=r'docs\.jsonl\.gz:3: invalid JSON'):
+        col.docs()
+
+
+def test_topics_truncated_or_corrupted(tmp_path):
+    root = _write_collection(tmp_path / 'c', GOOD_DOCS, GOOD_TOPICS, GOOD_QRELS)
+    (root / 'topics.tsv').write_bytes(b'q1\tfirst query\nq2')  # cut before the tab of line 2
+    with pytest.raises(DatasetFormatError, match=r"topics\.tsv:2: expected \"qid<TAB>query\".*'q2'"):
+        datasets.load(root).get_topics()
+    (root / 'topics.tsv').write_bytes(b'q1\tfirst query\nq2\tsecond\x00\x00\x00\x00\n')  # zero-filled tail
+    with pytest.raises(DatasetFormatError, match=r'topics\.tsv:2: contains NUL bytes'):
+        datasets.load(root).get_topics()
+    (root / 'topics.tsv').write_bytes(b'q1\tfirst query\n' + gzip.compress(b'q2\tsecond\n', mtime=0))
+    with pytest.raises(DatasetFormatError, match=r'topics\.tsv:2: not UTF-8'):
+        datasets.load(root).get_topics()
+
+
+def test_qrels_corrupted(tmp_path):
+    root = _write_collection(tmp_path / 'c', GOOD_DOCS, GOOD_TOPICS, GOOD_QRELS)
+    (root / 'qrels.txt').write_bytes(b'q1 0 d1 1\n\x00\x00\x00\x00\n')
+    with pytest.raises(DatasetFormatError, match=r'qrels\.txt:2: contains NUL bytes'):
+        datasets.load(root).get_qrels()
+
+
+def test_docs_null_text_names_docno(tmp_path):
+    for text in ('null', 'NaN'):
+        root = _write_collection(tmp_path / f'c-{text}', [GOOD_DOCS[0], '{"docno": "d2", "text": %s}' % text],
+                                 GOOD_TOPICS, GOOD_QRELS)
+        with pytest.raises(DatasetFormatError, match=r"docs\.jsonl\.gz:2: .*document 'd2' has text (None|nan)"):
+            datasets.load(root).docs()
+
+
+@pytest.mark.parametrize('position', [0, 2])
+@pytest.mark.parametrize('bad_text', [float('nan'), None, 3])
+def test_pisa_rejects_document_without_text(tmp_path, monkeypatch, position, bad_text):
+    """The PISA rule: a document's text must be a string ("" is an empty document); else an error names it."""
+    import pyterrier_pisa  # noqa: F401
+    monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path / 'cache'))
+    col = datasets.load(_write_collection(tmp_path / 'c', GOOD_DOCS, GOOD_TOPICS, GOOD_QRELS))
+    docs = [dict(d) for d in GOOD_DOCS]
+    docs[position]['text'] = bad_text
+    bad = docs[position]['docno']
+    monkeypatch.setattr(col, 'get_corpus_iter', lambda verbose=False: iter(docs))
+    with pytest.raises(DatasetFormatError, match=rf"document '{bad}' has no text string"):
+        col.bm25()
+    assert not col.cache_path().exists()
+    assert not [p for p in col.cache_path().parent.iterdir() if p.name.startswith('.')]
+
+
+def test_pisa_indexes_empty_text(tmp_path, monkeypatch):
+    import pyterrier_pisa  # noqa: F401
+    monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path / 'cache'))
+    docs = GOOD_DOCS + [{'docno': 'd4', 'text': ''}, {'docno': 'd5', 'text': 'sparse retrieval'}]
+    col = datasets.load(_write_collection(tmp_path / 'c', docs, GOOD_TOPICS, GOOD_QRELS))
+    assert col.pisa_index().num_docs() == 5
+    res = col.bm25(num_results=5)(pd.DataFrame({'qid': ['q'], 'query': ['retrieval']}))
+    assert res['docno'].tolist() == ['d5']
