@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from ir_measures import nDCG  # noqa: E402
 
 import pyterrier_llmrank  # noqa: E402
-from pyterrier_llmrank.cascade import minilm_scorer, passage_cascade  # noqa: E402
+from pyterrier_llmrank.cascade import passage_cascade  # noqa: E402
+from pyterrier_llmrank.dense import minilm_scorer  # noqa: E402
 from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
 
 

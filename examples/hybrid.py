@@ -32,7 +32,8 @@ import pyterrier as pt  # noqa: E402
 from ir_measures import AP, R, nDCG  # noqa: E402
 
 import pyterrier_llmrank as llmrank  # noqa: E402
-from pyterrier_llmrank.hybrid import DenseRetriever, Hybrid, dense_index, dense_index_path  # noqa: E402
+from pyterrier_llmrank.dense import DenseRetriever, dense_index, dense_index_path  # noqa: E402
+from pyterrier_llmrank.fusion import Hybrid  # noqa: E402
 
 MEASURES = [nDCG @ 10, AP, R @ 100]
 

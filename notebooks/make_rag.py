@@ -27,7 +27,8 @@ cells = [
         'import torch\n'
         'from ir_measures import nDCG, R\n'
         'import pyterrier_llmrank as llmrank\n'
-        'from pyterrier_llmrank.hybrid import DenseRetriever, Hybrid\n'
+        'from pyterrier_llmrank.dense import DenseRetriever\n'
+        'from pyterrier_llmrank.fusion import Hybrid\n'
         'from pyterrier_llmrank.query import QueryRewrite, QueryDecompose, SubQueryRetrieve, GenerateAnswer\n\n'
         "QUICK = os.environ.get('PYTERRIER_LLMRANK_QUICK') == '1'\n"
         'torch.set_num_threads(1 if QUICK else 2)\n'

@@ -1,7 +1,7 @@
 """pyterrier-llmrank: LLM document rerankers as PyTerrier transformers."""
 __version__ = '0.1.0'
 
-from pyterrier_llmrank import datasets, dense_models, models
+from pyterrier_llmrank import datasets, dense, fusion, models
 from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.upr import UPR
 from pyterrier_llmrank.monot5 import DuoT5, MonoT5
@@ -12,12 +12,12 @@ from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 from pyterrier_llmrank.icr import ICR
 from pyterrier_llmrank.idcm import IDCM, IDCMModel, distill_esm, train_etm
-from pyterrier_llmrank.cascade import (TopPassages, aggregate_passages, minilm_scorer, passage_cascade,
-                                      split_passages)
-from pyterrier_llmrank.hybrid import DenseRetriever, Fusion, Hybrid
+from pyterrier_llmrank.cascade import TopPassages, aggregate_passages, passage_cascade, split_passages
+from pyterrier_llmrank.dense import DenseRetriever, minilm_scorer
+from pyterrier_llmrank.fusion import Fusion, Hybrid
 from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite, SubQueryRetrieve
 
-__all__ = ['datasets', 'dense_models', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
+__all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel', 'train_etm', 'distill_esm',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',

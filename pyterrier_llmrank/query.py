@@ -39,7 +39,7 @@ import pyterrier_alpha as pta
 from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
 from pyterrier_llmrank.generative import truncate_tokens
-from pyterrier_llmrank.hybrid import FUSION_METHODS, fuse
+from pyterrier_llmrank.fusion import FUSION_METHODS, fuse
 
 __all__ = ['REWRITE_SYSTEM', 'REWRITE_PROMPT', 'DECOMPOSE_SYSTEM', 'DECOMPOSE_PROMPT', 'ANSWER_SYSTEM',
            'ANSWER_PROMPT', 'ANSWER_PASSAGE', 'parse_rewrite', 'parse_subqueries', 'parse_answer', 'QueryRewrite',
@@ -364,13 +364,13 @@ class SubQueryRetrieve(pt.Transformer):
 
     The input is a query frame with a ``subqueries`` column (from :class:`QueryDecompose`); each sub-query is
     retrieved as its own query (``qid`` kept, ``query`` the sub-query), then the lists of each qid are fused with
-    :func:`~pyterrier_llmrank.hybrid.fuse` (reciprocal rank fusion by default). The output is a result frame for the
+    :func:`~pyterrier_llmrank.fusion.fuse` (reciprocal rank fusion by default). The output is a result frame for the
     original queries: ``query`` is the query of the input (e.g. the rewritten one) so that the reranker after it
     scores against it, and the input's other columns (``query_0``, ``subqueries``...) are kept.
 
     Args:
-        retriever: any retriever (topics in, results out): BM25, :class:`~pyterrier_llmrank.hybrid.DenseRetriever`,
-            a :class:`~pyterrier_llmrank.hybrid.Hybrid`...
+        retriever: any retriever (topics in, results out): BM25, :class:`~pyterrier_llmrank.dense.DenseRetriever`,
+            a :class:`~pyterrier_llmrank.fusion.Hybrid`...
         fusion: ``'rrf'`` (default), ``'minmax'`` or ``'zscore'``.
         k: the RRF constant.
         include_query: also retrieve with the query itself, as one more list.

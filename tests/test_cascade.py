@@ -7,8 +7,8 @@ import pytest
 
 from tiny_models import corpus_lines
 from pyterrier_llmrank import UPR
-from pyterrier_llmrank.cascade import (SplitPassages, TopPassages, aggregate_passages, minilm_scorer,
-                                       passage_cascade, split_passages)
+from pyterrier_llmrank.cascade import SplitPassages, TopPassages, aggregate_passages, passage_cascade, split_passages
+from pyterrier_llmrank.dense import minilm_path, minilm_scorer
 
 
 def docs_frame():
@@ -100,6 +100,54 @@ def test_aggregation_equals_direct(method, k):
     assert len(aggregate_passages(method, k)(df.iloc[:0])) == 0
 
 
+def nan_frame():
+    """Passages of query 1: a (a%p1 NaN), b (only passage NaN), c (all numbers); query 2: d."""
+    rows = [('1', 'a%p0', 0.2), ('1', 'a%p1', np.nan), ('1', 'a%p2', 0.1), ('1', 'b%p0', np.nan),
+            ('1', 'c%p0', 0.3), ('1', 'c%p1', 0.05), ('2', 'd%p0', 1.0)]
+    return pd.DataFrame([(q, 'q', d, s) for q, d, s in rows], columns=['qid', 'query', 'docno', 'score'])
+
+
+def test_top_passages_rank_nan_scores_last():
+    df = nan_frame()
+    out = TopPassages(2)(df)               # a: a%p0 and a%p2 beat the NaN a%p1; b keeps its only (NaN) passage
+    assert out['docno'].tolist() == ['a%p0', 'a%p2', 'b%p0', 'c%p0', 'c%p1', 'd%p0']
+    assert out.loc[out.docno == 'b%p0', 'rank'].item() == 4              # last of query 1
+    one = TopPassages(1)(df.assign(score=[np.nan, 0.5, np.nan, np.nan, 0.3, 0.05, 1.0]))
+    assert one['docno'].tolist() == ['a%p1', 'b%p0', 'c%p0', 'd%p0']
+    perq = TopPassages(5, per='query')(df)
+    # the 4 numbers, then one NaN passage (ties: the lower passage number, as for equal scores)
+    assert perq[perq.qid == '1'].sort_values('rank')['docno'].tolist() == ['c%p0', 'a%p0', 'a%p2', 'c%p1', 'b%p0']
+
+
+@pytest.mark.parametrize('method,k,expect', [
+    ('max', None, {'a': 0.2, 'b': np.nan, 'c': 0.3}),
+    ('first', None, {'a': 0.2, 'b': np.nan, 'c': 0.3}),
+    ('mean', None, {'a': np.nan, 'b': np.nan, 'c': 0.175}),
+    ('sum', None, {'a': np.nan, 'b': np.nan, 'c': 0.35}),
+    ('sum', 2, {'a': 0.3, 'b': np.nan, 'c': 0.35}),        # the 2 best of a are numbers: the NaN is not summed
+    ('sum', 3, {'a': np.nan, 'b': np.nan, 'c': 0.35})])
+def test_aggregation_ranks_nan_scores_last(method, k, expect):
+    """A NaN passage score is lower than every number: an aggregate that takes one in is NaN and ranks last."""
+    out = aggregate_passages(method, k)(nan_frame())
+    q1 = out[out.qid == '1'].sort_values('rank')
+    got = dict(zip(q1['docno'], q1['score']))
+    assert got.keys() == expect.keys()
+    for d, v in expect.items():
+        assert (np.isnan(got[d]) and np.isnan(v)) or got[d] == pytest.approx(v)
+    numbers = sorted((v for v in expect.values() if not np.isnan(v)), reverse=True)
+    assert q1['score'].tolist()[:len(numbers)] == pytest.approx(numbers)     # NaN documents after all numbers
+    assert q1['score'].iloc[len(numbers):].isna().all() and sorted(q1['rank']) == list(range(3))
+    assert out[out.qid == '2']['score'].tolist() == [1.0]
+
+
+@pytest.mark.parametrize('step', [TopPassages(2), aggregate_passages('max'), aggregate_passages('first'),
+                                  aggregate_passages('mean'), aggregate_passages('sum', 2)], ids=repr)
+def test_passage_steps_reject_document_docnos(step):
+    docs = pd.DataFrame({'qid': ['1', '1'], 'query': 'q', 'docno': ['d1', 'd2%p0'], 'score': [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r'"<docno>%p<i>".*1 row\(s\).*\[\'d1\'\].*split_passages'):
+        step(docs)
+
+
 def test_cascade_equals_scoring_the_chosen_passages(tiny_llama):
     """The cascade's document scores equal: split by hand, cheap-score, keep k per document, UPR each, max."""
     inp = docs_frame()
@@ -138,7 +186,6 @@ def test_minilm_scorer_is_cosine(tiny_llama):
     """MiniLM from the packaged model.zip: scores are the cosine of sentence-transformers' embeddings; it
     works as the cheap stage of a cascade."""
     from sentence_transformers import SentenceTransformer
-    from pyterrier_llmrank.dense_models import minilm_path
     scorer = minilm_scorer()
     inp = docs_frame().iloc[:2]
     out = scorer(inp)

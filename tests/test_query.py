@@ -6,7 +6,7 @@ import pyterrier_alpha as pta
 import pytest
 
 from pyterrier_llmrank import ScriptedBackend, datasets
-from pyterrier_llmrank.hybrid import fuse
+from pyterrier_llmrank.fusion import fuse
 from pyterrier_llmrank.query import (ANSWER_PROMPT, DECOMPOSE_PROMPT, REWRITE_PROMPT, GenerateAnswer, QueryDecompose,
                                      QueryRewrite, SubQueryRetrieve, parse_answer, parse_rewrite, parse_subqueries)
 

@@ -1,4 +1,5 @@
-"""Dense retrieval with pyterrier-dr (real MiniLM), the cached dense index, and RRF / linear fusion."""
+"""Dense retrieval with pyterrier-dr (real MiniLM), the cached dense index (built by folders.build_folder), and
+the hybrid BM25 + dense pipeline."""
 import gzip
 import json
 import os
@@ -9,8 +10,8 @@ import pyterrier_alpha as pta
 import pytest
 
 from pyterrier_llmrank import datasets
-from pyterrier_llmrank.hybrid import (DenseRetriever, Fusion, Hybrid, dense_index, dense_index_path, fuse,
-                                      normalise_scores)
+from pyterrier_llmrank.dense import DenseRetriever, dense_index, dense_index_path, minilm_path
+from pyterrier_llmrank.fusion import Fusion, Hybrid, fuse
 
 DOCS = [
     ('d1', 'Cardiovascular illness can be managed with statins, beta blockers and changes in diet.'),
@@ -61,7 +62,6 @@ def dense(tiny_collection, cache):
 
 
 def test_minilm_is_extracted_once(cache):
-    from pyterrier_llmrank.dense_models import minilm_path
     path = minilm_path()
     assert path.startswith(str(cache)) and os.path.exists(os.path.join(path, 'modules.json'))
     mtime = os.path.getmtime(os.path.join(path, 'model.safetensors'))
@@ -70,7 +70,6 @@ def test_minilm_is_extracted_once(cache):
 
 def test_dense_scores_equal_sentence_transformers(dense, tiny_collection):
     from sentence_transformers import SentenceTransformer
-    from pyterrier_llmrank.dense_models import minilm_path
     topics = tiny_collection.get_topics()
     res = dense(topics)
     assert list(res.columns) == ['qid', 'query', 'docno', 'score', 'rank']
@@ -108,57 +107,28 @@ def test_dense_index_cached_and_cutoff(dense, tiny_collection):
     assert repr(dense).startswith("DenseRetriever('tiny', 'all-minilm-l6-v2'")
 
 
-def _frame(rows):
-    return pd.DataFrame(rows, columns=['qid', 'query', 'docno', 'score'])
+def test_dense_index_rebuilds_unfinished_folders(tiny_collection, cache):
+    """The index is built by folders.build_folder: a target folder without pt_meta.json (an interrupted older
+    build) is rebuilt, and the temporary folder of a builder process that no longer runs is removed."""
+    model = minilm_path()                                  # a model given by path: a cache folder of its own
+    path = dense_index_path(tiny_collection, model)
+    assert path != dense_index_path(tiny_collection)
+    path.mkdir(parents=True)
+    (path / 'vecs.f4').write_bytes(b'partial')
+    stale = path.parent / f'.{path.name}.tmp-999999999-dead'
+    stale.mkdir()
+    index = dense_index(tiny_collection, model, device='cpu')
+    assert len(index) == len(DOCS) and (path / 'pt_meta.json').exists()
+    assert (path / 'vecs.f4').stat().st_size == len(DOCS) * 384 * 4
+    assert not stale.exists() and not list(path.parent.glob('.*tmp-*'))
 
 
-A = _frame([('1', 'q', 'a', 9.0), ('1', 'q', 'b', 7.0), ('1', 'q', 'c', 1.0), ('2', 'r', 'x', 3.0)])
-B = _frame([('1', 'q', 'c', 0.9), ('1', 'q', 'd', 0.8), ('1', 'q', 'a', 0.1), ('2', 'r', 'y', 0.5),
-            ('2', 'r', 'x', 0.4)])
-
-
-def test_rrf_equals_cormack_formula():
-    out = fuse([A, B], 'rrf', k=60)
-    # 1-based ranks: a = 1/61 + 1/63, c = 1/63 + 1/61, b = 1/62, d = 1/62
-    got = {(r.qid, r.docno): r.score for r in out.itertuples()}
-    assert got[('1', 'a')] == pytest.approx(1 / 61 + 1 / 63)
-    assert got[('1', 'c')] == pytest.approx(1 / 63 + 1 / 61)
-    assert got[('1', 'b')] == pytest.approx(1 / 62) and got[('1', 'd')] == pytest.approx(1 / 62)
-    assert got[('2', 'x')] == pytest.approx(1 / 61 + 1 / 62) and got[('2', 'y')] == pytest.approx(1 / 61)
-    assert out[out.qid == '2'].sort_values('rank')['docno'].tolist() == ['x', 'y']
-    assert list(out.columns) == ['qid', 'query', 'docno', 'score', 'rank']
-    assert fuse([A, B], 'rrf', num_results=1).groupby('qid').size().tolist() == [1, 1]
-    assert len(fuse([A, B], 'rrf', num_results=None)) == 6
-    assert A.columns.tolist() == ['qid', 'query', 'docno', 'score']      # inputs untouched
-
-
-def test_linear_fusions_equal_direct_computation():
-    out = fuse([A, B], 'minmax', weights=[0.3, 0.7])
-    got = {(r.qid, r.docno): r.score for r in out.itertuples()}
-    # query 1: A min-max a 1, b 0.75, c 0; B c 1, d 0.875, a 0; documents a list missed get 0
-    assert got[('1', 'a')] == pytest.approx(0.3 * 1 + 0.7 * 0)
-    assert got[('1', 'b')] == pytest.approx(0.3 * 0.75 + 0.7 * 0)
-    assert got[('1', 'c')] == pytest.approx(0.3 * 0 + 0.7 * 1)
-    assert got[('1', 'd')] == pytest.approx(0.3 * 0 + 0.7 * 0.875)
-    # query 2: A has only x (constant -> 1); B y 1, x 0
-    assert got[('2', 'y')] == pytest.approx(0.7) and got[('2', 'x')] == pytest.approx(0.3)
-    assert out[out.qid == '1'].sort_values('rank')['docno'].tolist() == ['c', 'd', 'a', 'b']
-
-    z = fuse([A, B], 'zscore')
-    za = (np.array([9.0, 7.0, 1.0]) - np.mean([9.0, 7.0, 1.0])) / np.std([9.0, 7.0, 1.0])
-    zb = (np.array([0.9, 0.8, 0.1]) - np.mean([0.9, 0.8, 0.1])) / np.std([0.9, 0.8, 0.1])
-    got = {(r.qid, r.docno): r.score for r in z.itertuples()}
-    assert got[('1', 'a')] == pytest.approx(za[0] + zb[2])
-    assert got[('1', 'b')] == pytest.approx(za[1] + zb.min())                  # missing from B: B's lowest z
-    assert got[('1', 'd')] == pytest.approx(za.min() + zb[1])
-    np.testing.assert_allclose(normalise_scores(A, 'zscore').to_numpy()[:3], za)
-    # a list without a query adds nothing to it
-    only1 = fuse([A, B[B.qid == '1']], 'minmax')
-    assert only1[only1.qid == '2']['docno'].tolist() == ['x']
-    with pytest.raises(ValueError, match='weights'):
-        fuse([A, B], 'minmax', weights=[1.0])
-    with pytest.raises(ValueError, match='unknown fusion'):
-        fuse([A, B], 'combmnz')
+def test_dense_rejects_missing_and_blank_queries(dense):
+    topics = pd.DataFrame({'qid': ['q1', 'q2', 'q3'], 'query': ['heart disease', float('nan'), '  ']})
+    with pytest.raises(ValueError, match=r'column "query".*2 row\(s\).*\[\'q2\', \'q3\'\]'):
+        dense(topics)
+    with pytest.raises(ValueError, match='query'):
+        dense(pd.DataFrame({'qid': [7], 'query': [None]}))
 
 
 def test_hybrid_pipeline(tiny_collection, dense):
