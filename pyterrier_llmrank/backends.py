@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.causal import chat_parts, left_pad, pad_id
+from pyterrier_llmrank.causal import left_pad
 
 __all__ = ['ChatPrompt', 'Generation', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend', 'ScriptedBackend',
            'resolve_backend']
@@ -102,8 +102,8 @@ class GenerationBackend:
     name: str = 'backend'
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:
+                 top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                 batch_size: Optional[int] = None) -> List[Generation]:
         """Generate an answer to every prompt, in order.
 
         Args:
@@ -113,6 +113,7 @@ class GenerationBackend:
             top_p: nucleus sampling mass when sampling.
             seed: seed of the sampler (used only when sampling).
             progress: called with the number of prompts answered after each model call (progress bars).
+            batch_size: the most prompts per model call for this call (default: the backend's ``batch_size``).
         """
         raise NotImplementedError
 
@@ -138,19 +139,20 @@ class HFGenerationBackend(GenerationBackend):
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, batch_size: int = 8, device: Any = 'auto',
                  dtype: Any = 'auto') -> None:
         if batch_size < 1:
-            raise ValueError('batch_size must be >= 1')
-        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
-        self.name = models.model_name(model)
+            raise ValueError(f'HFGenerationBackend: batch_size must be >= 1, got {batch_size!r}')
+        self.lm = models.load_causal_lm(model, device=device, dtype=dtype)
+        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+        self.name = self.lm.name
         self.batch_size = batch_size
-        self.pad = pad_id(self.tokenizer)
+        self.pad = self.lm.pad_id
         stops = set()
         for src in (getattr(self.model, 'generation_config', None), self.tokenizer):
             eos = getattr(src, 'eos_token_id', None)
             if eos is not None:
                 stops.update([eos] if isinstance(eos, int) else list(eos))
-        if getattr(self.tokenizer, 'chat_template', None):
-            end = chat_parts(self.tokenizer)[2]
-            end_ids = self.tokenizer(end, add_special_tokens=False)['input_ids']
+        if self.lm.has_chat_template:
+            end = self.lm.chat_parts()[2]
+            end_ids = self.lm.ids(end)
             if end_ids:
                 stops.add(end_ids[0])
         self.stop_ids = sorted(int(s) for s in stops)
@@ -161,8 +163,8 @@ class HFGenerationBackend(GenerationBackend):
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # noqa: D102
+                 top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                 batch_size: Optional[int] = None) -> List[Generation]:  # noqa: D102
         out: List[Optional[Generation]] = [None] * len(prompts)
         if not prompts:
             return []
@@ -175,8 +177,9 @@ class HFGenerationBackend(GenerationBackend):
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         stops = set(self.stop_ids)
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
+        size = batch_size or self.batch_size
+        for b in range(0, len(order), size):
+            idx = order[b:b + size]
             batch = [seqs[i] for i in idx]
             ids, mask, _ = left_pad(batch, self.pad, dev)
             if kwargs['do_sample'] and seed is not None:
@@ -236,13 +239,14 @@ class VLLMBackend(GenerationBackend):
         self.batch_size = batch_size
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # pragma: no cover - needs vLLM
+                 top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                 batch_size: Optional[int] = None) -> List[Generation]:  # pragma: no cover - needs vLLM
         params = self._vllm.SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                            max_tokens=max_new_tokens, seed=seed if temperature > 0 else None)
         result: List[Generation] = []
-        for b in range(0, len(prompts), self.batch_size):
-            texts = [p.render(self.tokenizer) for p in prompts[b:b + self.batch_size]]
+        size = batch_size or self.batch_size
+        for b in range(0, len(prompts), size):
+            texts = [p.render(self.tokenizer) for p in prompts[b:b + size]]
             start = time.perf_counter()
             outs = self.llm.generate(texts, params, use_tqdm=False)
             seconds = time.perf_counter() - start
@@ -303,12 +307,13 @@ class ScriptedBackend(GenerationBackend):
         return len(text.split())
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> List[Generation]:  # noqa: D102
+                 top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                 batch_size: Optional[int] = None) -> List[Generation]:  # noqa: D102
         self.settings.append(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
         out: List[Generation] = []
-        for b in range(0, len(prompts), self.batch_size):
-            chunk = list(prompts[b:b + self.batch_size])
+        size = batch_size or self.batch_size
+        for b in range(0, len(prompts), size):
+            chunk = list(prompts[b:b + size])
             self.batches.append(chunk)
             start = time.perf_counter()
             gens = []
@@ -324,8 +329,10 @@ class ScriptedBackend(GenerationBackend):
         return out
 
 
-def resolve_backend(model: Any, *, batch_size: int = 8, device: Any = 'auto', dtype: Any = 'auto') -> GenerationBackend:
-    """A backend object as given, else an :class:`HFGenerationBackend` over the model name/path/pair."""
+def resolve_backend(model: Any, *, batch_size: Optional[int] = None, device: Any = 'auto',
+                    dtype: Any = 'auto') -> GenerationBackend:
+    """A backend object as given, else an :class:`HFGenerationBackend` over the model name/path/pair/handle
+    (``batch_size`` prompts per call, 8 when ``None``)."""
     if isinstance(model, GenerationBackend):
         return model
-    return HFGenerationBackend(model, batch_size=batch_size, device=device, dtype=dtype)
+    return HFGenerationBackend(model, batch_size=batch_size or 8, device=device, dtype=dtype)

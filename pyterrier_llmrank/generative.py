@@ -17,7 +17,7 @@ import pandas as pd
 import pyterrier as pt
 
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
-from pyterrier_llmrank.base import Reranker
+from pyterrier_llmrank.base import AtLeast, QueryCandidates, QueryReranker
 
 __all__ = ['Algorithm', 'QueryState', 'GenerativeReranker', 'truncate_tokens', 'cut_words']
 
@@ -60,7 +60,7 @@ class QueryState:
     trace: List[Dict[str, Any]] = field(default_factory=list)
 
 
-class GenerativeReranker(Reranker):
+class GenerativeReranker(QueryReranker):
     """Base of the rerankers that generate text (listwise and setwise).
 
     Subclasses implement :meth:`_algorithm`, a generator over one query that yields :class:`ChatPrompt` objects,
@@ -69,6 +69,8 @@ class GenerativeReranker(Reranker):
     keep their first-stage order beneath them). The output score is ``-rank``.
 
     First-stage order: by ``rank`` when the input has it, else by descending ``score``, else the input order.
+    The generators of all queries run in lock-step (:meth:`_rerank_queries`), so that the prompts ready at the
+    same time go to the backend together, ``batch_size`` prompts per model call.
 
     After a run, ``stats`` (an :class:`~pyterrier_llmrank.EfficiencyStats`) holds per query ``model_calls``
     (``generate`` calls, shared among the prompts of a batch), ``sequences`` (prompts, i.e. LLM calls in the
@@ -78,14 +80,15 @@ class GenerativeReranker(Reranker):
     """
 
     label = 'Generative'
+    ARGUMENTS = {'max_new_tokens': AtLeast(1), 'temperature': AtLeast(0), 'batch_size': AtLeast(1, optional=True)}
 
     def __init__(self, model: Any, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 929, text_field: str = 'text', batch_size: int = 8, verbose: bool = False,
+                 seed: int = 929, text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False,
                  device: Any = 'auto', dtype: Any = 'auto') -> None:
-        super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
-        if max_new_tokens < 1:
-            raise ValueError('max_new_tokens must be >= 1')
+        self.check_arguments(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         self.backend = resolve_backend(model, batch_size=batch_size, device=device, dtype=dtype)
+        # batch_size: prompts per model call; None takes the backend's own
+        super().__init__(text_field=text_field, batch_size=batch_size or self.backend.batch_size, verbose=verbose)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -127,23 +130,12 @@ class GenerativeReranker(Reranker):
 
     # -- driver -------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _first_stage_order(df: pd.DataFrame) -> np.ndarray:
-        if 'rank' in df.columns:
-            return np.argsort(df['rank'].to_numpy(), kind='stable')
-        if 'score' in df.columns:
-            return np.argsort(-df['score'].to_numpy(dtype='float64'), kind='stable')
-        return np.arange(len(df))
-
-    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
+    def _rerank_queries(self, queries: List[QueryCandidates]) -> List[np.ndarray]:
         states: List[QueryState] = []
-        for qid, grp in inp.groupby('qid', sort=False):
-            rows = grp.index.to_numpy()[self._first_stage_order(grp)].tolist()
-            states.append(QueryState(qid=qid, query=str(grp['query'].iloc[0]), rows=rows,
-                                      texts=[inp.at[r, self.text_field] for r in rows],
-                                      docnos=[str(inp.at[r, 'docno']) for r in rows] if 'docno' in inp.columns
-                                      else [str(r) for r in rows], rng=random.Random(self.seed)))
-            self.stats.add(qid, repaired=0.0, unparsable=0.0)
+        for q in queries:
+            states.append(QueryState(qid=q.qid, query=q.query, rows=q.rows.tolist(), texts=list(q.texts),
+                                     docnos=list(q.docnos), rng=random.Random(self.seed)))
+            self.stats.add(q.qid, repaired=0.0, unparsable=0.0)
         before = self.stats.per_query().set_index('qid')
         orders: Dict[int, List[int]] = {}
         pending: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
@@ -162,7 +154,7 @@ class GenerativeReranker(Reranker):
                 bar.refresh()
             gens = self.backend.generate([pending[k][1] for k in keys], self.max_new_tokens,
                                          temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                                         progress=bar.update if bar is not None else None)
+                                         progress=bar.update if bar is not None else None, batch_size=self.batch_size)
             rounds += 1
             nxt: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
             for k, g in zip(keys, gens):
@@ -177,17 +169,19 @@ class GenerativeReranker(Reranker):
             pending = nxt
         if bar is not None:
             bar.close()
-        scores = np.zeros(len(inp), dtype='float64')
+        out = []
         for i, st in enumerate(states):
             order = list(orders[i])
             seen = set(order)
             order += [p for p in range(len(st.rows)) if p not in seen]
+            scores = np.zeros(len(st.rows), dtype='float64')
             for rank, p in enumerate(order):
-                scores[st.rows[p]] = -(rank + 1.0)
+                scores[p] = -(rank + 1.0)
+            out.append(scores)
             self._traces.extend(st.trace)
         if self.verbose:
             self._print_summary(before, [st.qid for st in states])
-        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+        return out
 
     def _print_summary(self, before: pd.DataFrame, qids: List[Any]) -> None:
         after = self.stats.per_query().set_index('qid').loc[qids]

@@ -190,7 +190,8 @@ class RankGPT(_SlidingWindowListwise):
         depth: documents reranked (100, as the reference's ``rank_end``; ``None``: all).
         max_words: words kept of each passage (300).
         max_new_tokens: the most tokens generated per window (200: enough for a permutation of 20 ids).
-        text_field, batch_size (prompts per ``generate`` call), verbose, device, dtype: as every reranker.
+        text_field, verbose, device, dtype: as every reranker.
+        batch_size: prompts per model call (``None``: the backend's own, 8 for a model loaded here).
     """
 
     label = 'RankGPT'
@@ -199,7 +200,7 @@ class RankGPT(_SlidingWindowListwise):
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, window: int = 20, step: int = 10,
                  depth: Optional[int] = 100, max_words: int = 300, max_new_tokens: int = 200,
-                 text_field: str = 'text', batch_size: int = 8, verbose: bool = False, device: Any = 'auto',
+                 text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
                  dtype: Any = 'auto') -> None:
         super().__init__(model, window=window, step=step, depth=depth, max_words=max_words,
                          max_new_tokens=max_new_tokens, text_field=text_field, batch_size=batch_size,
@@ -239,7 +240,7 @@ class DeARListwise(_SlidingWindowListwise):
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, window: int = 20, step: int = 10,
                  depth: Optional[int] = 30, max_words: int = 300, max_new_tokens: int = 1024, sample: bool = False,
-                 seed: int = 929, text_field: str = 'text', batch_size: int = 8, verbose: bool = False,
+                 seed: int = 929, text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False,
                  device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, window=window, step=step, depth=depth, max_words=max_words,
                          max_new_tokens=max_new_tokens, temperature=0.5 if sample else 0.0,

@@ -30,9 +30,8 @@ import pandas as pd
 import torch
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import PointwiseReranker, fit_pieces
-from pyterrier_llmrank.causal import (PrefixKV, chat_parts, last_hidden, next_token_logits, pad_id,
-                                       shared_prefix_lengths, special_tokens_around)
+from pyterrier_llmrank.base import AtLeast, OneOf, PointwiseReranker, fit_pieces
+from pyterrier_llmrank.causal import last_hidden, next_token_logits, shared_prefix_lengths
 
 __all__ = ['ProRank', 'DeARPointwise', 'YesNo',
            'PRORANK_SYSTEM_PREFIX', 'PRORANK_ASSISTANT_SUFFIX', 'PRORANK_SEP', 'PRORANK_INSTRUCTION_TEMPLATE',
@@ -81,8 +80,8 @@ YESNO_YES = 'Yes'
 YESNO_NO = 'No'
 
 
-def _first_token(tokenizer: Any, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False)['input_ids']
+def _first_token(lm: models.LoadedModel, word: str) -> int:
+    ids = lm.ids(word)
     if not ids:
         raise ValueError(f'{word!r} encodes to no token')
     return int(ids[0])
@@ -104,17 +103,17 @@ class _PrefixReusingPointwise(PointwiseReranker):
 
     #: tokens at the end of every prompt that must stay out of the shared prefix (those whose outputs are read)
     _reserve = 1
+    ARGUMENTS = {'prefix_cache_queries': AtLeast(1)}
 
     def __init__(self, *, prefix_reuse: bool, prefix_cache_queries: int, text_field: str, batch_size: int,
                  verbose: bool) -> None:
         super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
-        if prefix_cache_queries < 1:
-            raise ValueError('prefix_cache_queries must be >= 1')
+        self.check_arguments(prefix_cache_queries=prefix_cache_queries)
         self.prefix_reuse = prefix_reuse
         self.prefix_cache_queries = prefix_cache_queries
 
     def _init_prefix_cache(self) -> None:
-        self._kv = PrefixKV(self.model)
+        self._kv = self.lm.prefix_kv()
 
     # -- to implement -------------------------------------------------------------------------------------
     def _prompts(self, inp: pd.DataFrame) -> List[List[int]]:
@@ -211,19 +210,18 @@ class ProRank(_NextTokenPointwise):
                  batch_size: int = 16, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(prefix_reuse=prefix_reuse, prefix_cache_queries=prefix_cache_queries, text_field=text_field,
                          batch_size=batch_size, verbose=verbose)
-        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
-        self.model_name = models.model_name(model)
+        self._use_model(models.load_causal_lm, model, device=device, dtype=dtype)
         self.instruction = instruction
         self.normalize = normalize
         self.estimated_max = float(estimated_max if estimated_max is not None else
                                    PRORANK_ESTIMATED_MAX.get(self.model_name, _PRORANK_DEFAULT_ESTIMATED_MAX))
-        self.pad = pad_id(self.tokenizer)
-        self._pos_id = _first_token(self.tokenizer, '1')
-        self._neg_id = _first_token(self.tokenizer, '0')
-        self._prefix = self._ids(PRORANK_SYSTEM_PREFIX)
-        self._suffix = self._ids(PRORANK_ASSISTANT_SUFFIX)
-        self._sep = self._ids(PRORANK_SEP)
-        self._task = self._ids(PRORANK_TASK_PROMPT)
+        self.pad = self.lm.pad_id
+        self._pos_id = _first_token(self.lm, '1')
+        self._neg_id = _first_token(self.lm, '0')
+        self._prefix = self.lm.ids(PRORANK_SYSTEM_PREFIX)
+        self._suffix = self.lm.ids(PRORANK_ASSISTANT_SUFFIX)
+        self._sep = self.lm.ids(PRORANK_SEP)
+        self._task = self.lm.ids(PRORANK_TASK_PROMPT)
         fixed = len(self._prefix) + len(self._task) + len(self._suffix) + len(self._sep)
         self.model_max_length = int(getattr(self.model.config, 'max_position_embeddings', max_length + fixed))
         if max_length + fixed > self.model_max_length:
@@ -237,17 +235,14 @@ class ProRank(_NextTokenPointwise):
     def _repr_args(self) -> str:
         return f'{self.model_name!r}' + (', normalize=True' if self.normalize else '')
 
-    def _ids(self, text: str) -> List[int]:
-        return self.tokenizer(text, add_special_tokens=False)['input_ids']
-
     def prompt_ids(self, query: str, document: str) -> List[int]:
         """Token ids of the model input for one (query, document) pair."""
         qtext = PRORANK_QUERY_TEMPLATE.format(query=query)
         if self.instruction:
             qtext = PRORANK_INSTRUCTION_TEMPLATE.format(instruction=self.instruction) + PRORANK_SEP + qtext
-        q = self._ids(qtext)[:self.max_length * 3 // 4]
+        q = self.lm.ids(qtext)[:self.max_length * 3 // 4]
         doc_max = min(self.model_max_length - len(q) - self._fixed, self.max_length)
-        d = self._ids(PRORANK_DOCUMENT_TEMPLATE.format(document=document))[:doc_max]
+        d = self.lm.ids(PRORANK_DOCUMENT_TEMPLATE.format(document=document))[:doc_max]
         q, d = fit_pieces([q, self._sep + d], self.max_length, cut=[1])  # prepare_for_model(truncation='only_second')
         return self._prefix + q + d + self._sep + self._task + self._suffix
 
@@ -296,28 +291,27 @@ class YesNo(_NextTokenPointwise):
                          batch_size=batch_size, verbose=verbose)
         for field in ('{query}', '{text}'):
             if field not in prompt:
-                raise ValueError(f'prompt must contain {field}')
-        self.model, self.tokenizer = models.load_causal_lm(model, device=device, dtype=dtype)
-        self.model_name = models.model_name(model)
+                raise ValueError(f'YesNo: prompt must contain {field}')
+        self._use_model(models.load_causal_lm, model, device=device, dtype=dtype)
         self.prompt = prompt
         self.system = system
         self.max_text_tokens = max_text_tokens
-        self.pad = pad_id(self.tokenizer)
-        self._pos_id = _first_token(self.tokenizer, yes)
-        self._neg_id = _first_token(self.tokenizer, no)
+        self.pad = self.lm.pad_id
+        self._pos_id = _first_token(self.lm, yes)
+        self._neg_id = _first_token(self.lm, no)
         if self._pos_id == self._neg_id:
             raise ValueError(f'{yes!r} and {no!r} start with the same token')
         if chat is None:
-            chat = bool(getattr(self.tokenizer, 'chat_template', None))
+            chat = self.lm.has_chat_template
         self.chat = chat
         if chat:
-            self._before, self._after, _ = chat_parts(self.tokenizer, system)
+            self._before, self._after, _ = self.lm.chat_parts(system)
             self._pre: List[int] = []
         else:
             if system is not None:
-                raise ValueError('system needs the chat form (chat=True)')
+                raise ValueError('YesNo: system needs the chat form (chat=True)')
             self._before, self._after = '', ''
-            self._pre = special_tokens_around(self.tokenizer)[0]
+            self._pre = self.lm.special_tokens[0]
         self._init_prefix_cache()
 
     def _repr_args(self) -> str:
@@ -325,14 +319,14 @@ class YesNo(_NextTokenPointwise):
 
     def prompt_text(self, query: str, text: str) -> str:
         """The full prompt string of one pair (chat template applied), before tokenization."""
-        ids = self.tokenizer(text, add_special_tokens=False)['input_ids']
+        ids = self.lm.ids(text)
         if len(ids) > self.max_text_tokens:
             text = self.tokenizer.decode(ids[:self.max_text_tokens])
         return self._before + self.prompt.format(query=query, text=text) + self._after
 
     def prompt_ids(self, query: str, text: str) -> List[int]:
         """Token ids of the model input for one pair."""
-        return self._pre + self.tokenizer(self.prompt_text(query, text), add_special_tokens=False)['input_ids']
+        return self._pre + self.lm.ids(self.prompt_text(query, text))
 
     def _prompts(self, inp: pd.DataFrame) -> List[List[int]]:
         return [self.prompt_ids(q, t if isinstance(t, str) else '')
@@ -352,7 +346,7 @@ def _adapter_config(path: str) -> Optional[str]:
                        _raise_exceptions_for_connection_errors=False)
 
 
-def load_dear(model: Any, device: Any = 'auto', dtype: Any = 'auto', tokenizer: Any = None) -> Tuple[Any, Any]:
+def load_dear(model: Any, device: Any = 'auto', dtype: Any = 'auto', tokenizer: Any = None) -> models.LoadedModel:
     """Load a DeAR stage-1 model: a merged checkpoint, or a peft LoRA adapter on its base, merged.
 
     A folder (or hub repository) holding ``adapter_config.json`` is a LoRA adapter: its base
@@ -361,25 +355,20 @@ def load_dear(model: Any, device: Any = 'auto', dtype: Any = 'auto', tokenizer: 
     adapter (with its trained head) loaded and merged (``merge_and_unload``). The tokenizer is the adapter
     folder's when it has one, else the base model's (``tokenizer`` overrides both).
     """
-    if isinstance(model, tuple):
+    if isinstance(model, (tuple, models.LoadedModel)):
         return models.load_sequence_classifier(model, device=device, dtype=dtype, tokenizer=tokenizer)
     path = models.resolve_model_path(model)
-    if _adapter_config(path) is None:
+    adapter = _adapter_config(path)
+    if adapter is None:
         return models.load_sequence_classifier(model, device=device, dtype=dtype, tokenizer=tokenizer)
-    from peft import PeftConfig, PeftModel
-    cfg = PeftConfig.from_pretrained(path)
-    base = cfg.base_model_name_or_path
-    if not base:
-        raise ValueError(f'{path}/adapter_config.json names no base_model_name_or_path')
-    if tokenizer is None:
-        tokenizer = path if os.path.exists(os.path.join(path, 'tokenizer_config.json')) else base
-    mdl, tok = models.load_sequence_classifier(base, device=device, dtype=dtype, tokenizer=tokenizer, num_labels=1)
-    if mdl.config.pad_token_id is None:
-        mdl.config.pad_token_id = 0
-    mdl = PeftModel.from_pretrained(mdl, path).merge_and_unload()
-    mdl.eval()
-    mdl.config._name_or_path = str(model)
-    return mdl, tok
+    return models.load_sequence_classifier(os.path.dirname(adapter), device=device, dtype=dtype, tokenizer=tokenizer,
+                                           base_config=_dear_pad_token, num_labels=1)
+
+
+def _dear_pad_token(model: Any) -> None:
+    """DeAR's ``DistillRerankerModel.load``: a config without ``pad_token_id`` gets 0."""
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = 0
 
 
 class DeARPointwise(_PrefixReusingPointwise):
@@ -420,6 +409,8 @@ class DeARPointwise(_PrefixReusingPointwise):
     """
 
     label = 'DeAR-P'
+    ARGUMENTS = {'pooling': OneOf('auto', 'padded', 'last'), 'max_query_tokens': AtLeast(1),
+                 'max_passage_tokens': AtLeast(4)}
 
     def __init__(self, model: Any = 'abdoelsayed/dear-8b-reranker-ce-v1', *, tokenizer: Any = None,
                  pooling: str = 'auto', max_query_tokens: int = DEAR_MAX_QUERY_TOKENS,
@@ -429,12 +420,9 @@ class DeARPointwise(_PrefixReusingPointwise):
                  dtype: Any = 'auto') -> None:
         super().__init__(prefix_reuse=prefix_reuse, prefix_cache_queries=prefix_cache_queries, text_field=text_field,
                          batch_size=batch_size, verbose=verbose)
-        if pooling not in ('auto', 'padded', 'last'):
-            raise ValueError("pooling must be 'auto', 'padded' or 'last'")
-        if max_passage_tokens <= 3 or max_query_tokens < 1:
-            raise ValueError('max_query_tokens must be >= 1 and max_passage_tokens > 3')
-        self.model, self.tokenizer = load_dear(model, device=device, dtype=dtype, tokenizer=tokenizer)
-        self.model_name = models.model_name(model)
+        self.check_arguments(pooling=pooling, max_query_tokens=max_query_tokens,
+                             max_passage_tokens=max_passage_tokens)
+        self._use_model(load_dear, model, device=device, dtype=dtype, tokenizer=tokenizer)
         self.head = getattr(self.model, 'score', None)
         if not isinstance(self.head, torch.nn.Module):
             raise ValueError(f'{type(self.model).__name__} has no sequence-classification head (.score); '
@@ -449,7 +437,7 @@ class DeARPointwise(_PrefixReusingPointwise):
             raise ValueError('the tokenizer has no BOS token: pass bos_token (the reference uses "<|endoftext|>" '
                              'for Qwen tokenizers)')
         self.bos = int(bos)
-        self.pad = pad_id(self.tokenizer)  # the reference pads with the pad token, else EOS
+        self.pad = self.lm.pad_id  # the reference pads with the pad token, else EOS
         if pooling == 'auto':
             pooling = 'last' if self.model.config.pad_token_id == self.pad else 'padded'
         self.pooling = pooling
@@ -463,7 +451,7 @@ class DeARPointwise(_PrefixReusingPointwise):
         return f'{self.model_name!r}, pooling={self.pooling!r}'
 
     def _ids(self, text: str, limit: int) -> List[int]:
-        return self.tokenizer(text, add_special_tokens=False)['input_ids'][:limit]
+        return self.lm.ids(text)[:limit]
 
     def document_text(self, text: str, title: Optional[str] = None) -> str:
         """The document string of the reference for one passage."""

@@ -102,7 +102,7 @@ class Setwise(GenerativeReranker):
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 19, k: int = 10,
                  shuffle: bool = False, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 512,
                  max_query_tokens: Optional[int] = 32, max_new_tokens: int = 1, text_field: str = 'text',
-                 batch_size: int = 8, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         if not 1 <= num_child <= len(self._labels) - 1:
             raise ValueError(f'num_child must be between 1 and {len(self._labels) - 1} (the labels available)')
         if k < 1:
@@ -211,7 +211,7 @@ class RankR1(Setwise):
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 19, k: int = 10,
                  shuffle: bool = True, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 512,
                  max_query_tokens: Optional[int] = 32, max_new_tokens: int = 2048, text_field: str = 'text',
-                 batch_size: int = 8, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, num_child=num_child, k=k, shuffle=shuffle, seed=seed,
                          max_passage_tokens=max_passage_tokens, max_query_tokens=max_query_tokens,
                          max_new_tokens=max_new_tokens, text_field=text_field, batch_size=batch_size,
