@@ -36,7 +36,7 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_llmrank.base import EfficiencyStats
+from pyterrier_llmrank.base import AtLeast, EfficiencyStats, check_arguments, first_stage_order
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
 from pyterrier_llmrank.generative import truncate_tokens
 from pyterrier_llmrank.fusion import FUSION_METHODS, fuse
@@ -206,15 +206,18 @@ class _LLMStep(pt.Transformer):
 
     label = 'LLM'
 
-    def __init__(self, model: Any, *, max_new_tokens: int, batch_size: int, verbose: bool, device: Any,
-                 dtype: Any) -> None:
-        if max_new_tokens < 1:
-            raise ValueError('max_new_tokens must be >= 1')
-        if batch_size < 1:
-            raise ValueError('batch_size must be >= 1')
+    ARGUMENTS = {'max_new_tokens': AtLeast(1), 'batch_size': AtLeast(1, optional=True)}
+
+    def __init__(self, model: Any, *, max_new_tokens: int, batch_size: Optional[int], verbose: bool, device: Any,
+                 dtype: Any, **arguments: Any) -> None:
+        rules: Dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            rules.update(getattr(klass, 'ARGUMENTS', {}) or {})
+        check_arguments(type(self).__name__, rules, dict(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                         **arguments))
         self.backend = resolve_backend(model, batch_size=batch_size, device=device, dtype=dtype)
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
+        self.batch_size = batch_size or self.backend.batch_size  # prompts per model call; None: the backend's
         self.verbose = verbose
         self.stats = EfficiencyStats()
         self._traces: List[Dict[str, Any]] = []
@@ -224,17 +227,16 @@ class _LLMStep(pt.Transformer):
         return {'label': self.label}
 
     def _generate(self, qids: Sequence[Any], prompts: Sequence[ChatPrompt]) -> List[Generation]:
-        gens: List[Generation] = []
-        chunks = [range(b, min(b + self.batch_size, len(prompts))) for b in range(0, len(prompts), self.batch_size)]
-        it: Any = chunks
-        if self.verbose:
-            it = pt.tqdm(chunks, desc=self.label, unit='batch')
-        for chunk in it:
-            out = self.backend.generate([prompts[i] for i in chunk], self.max_new_tokens, temperature=0.0)
-            for i, g in zip(chunk, out):
-                self.stats.add(qids[i], model_calls=g.calls, sequences=1, input_tokens=g.prompt_tokens,
-                               padded_tokens=g.padded_tokens, generated_tokens=g.generated_tokens, seconds=g.seconds)
-            gens.extend(out)
+        bar = pt.tqdm(total=len(prompts), desc=self.label, unit='prompt') if self.verbose else None
+        try:
+            gens = self.backend.generate(list(prompts), self.max_new_tokens, temperature=0.0,
+                                         progress=bar.update if bar is not None else None, batch_size=self.batch_size)
+        finally:
+            if bar is not None:
+                bar.close()
+        for qid, g in zip(qids, gens):
+            self.stats.add(qid, model_calls=g.calls, sequences=1, input_tokens=g.prompt_tokens,
+                           padded_tokens=g.padded_tokens, generated_tokens=g.generated_tokens, seconds=g.seconds)
         return gens
 
     def _record(self, qid: Any, prompt: ChatPrompt, gen: Generation, answer: Any, status: str) -> None:
@@ -280,7 +282,7 @@ class QueryRewrite(_LLMStep):
 
     label = 'QueryRewrite'
 
-    def __init__(self, model: Any = 'smollm2-135m-instruct', *, max_new_tokens: int = 48, batch_size: int = 8,
+    def __init__(self, model: Any = 'smollm2-135m-instruct', *, max_new_tokens: int = 48, batch_size: Optional[int] = None,
                  verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose,
                          device=device, dtype=dtype)
@@ -322,13 +324,12 @@ class QueryDecompose(_LLMStep):
     """
 
     label = 'QueryDecompose'
+    ARGUMENTS = {'max_subqueries': AtLeast(1)}
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, max_subqueries: int = 4, max_new_tokens: int = 96,
-                 batch_size: int = 8, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
-        if max_subqueries < 1:
-            raise ValueError('max_subqueries must be >= 1')
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, max_subqueries=max_subqueries)
         self.max_subqueries = max_subqueries
 
     def prompt(self, query: str) -> ChatPrompt:
@@ -452,14 +453,13 @@ class GenerateAnswer(_LLMStep):
     """
 
     label = 'GenerateAnswer'
+    ARGUMENTS = {'k': AtLeast(1), 'max_passage_tokens': AtLeast(1)}
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, k: int = 5, max_passage_tokens: int = 128,
-                 max_new_tokens: int = 192, text_field: str = 'text', batch_size: int = 8, verbose: bool = False,
+                 max_new_tokens: int = 192, text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False,
                  device: Any = 'auto', dtype: Any = 'auto') -> None:
-        if k < 1:
-            raise ValueError('k must be >= 1')
         super().__init__(model, max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, k=k, max_passage_tokens=max_passage_tokens)
         self.k = k
         self.max_passage_tokens = max_passage_tokens
         self.text_field = text_field
@@ -479,14 +479,12 @@ class GenerateAnswer(_LLMStep):
             return inp[qcols].assign(qanswer=pd.Series(dtype=object))
         qids, prompts, heads = [], [], []
         for qid, grp in inp.groupby('qid', sort=False):
-            if 'rank' in grp.columns:
-                grp = grp.sort_values('rank', kind='stable')
-            elif 'score' in grp.columns:
-                grp = grp.sort_values('score', ascending=False, kind='stable')
+            grp = grp.iloc[first_stage_order(grp)]
             top = grp.head(self.k)
             qids.append(qid)
             heads.append(grp.iloc[0][qcols])
-            prompts.append(self.prompt(str(grp['query'].iloc[0]), [str(t) for t in top[self.text_field]]))
+            prompts.append(self.prompt(str(grp['query'].iloc[0]),
+                                       [t if isinstance(t, str) else '' for t in top[self.text_field]]))
         gens = self._generate(qids, prompts)
         answers = []
         for qid, p, g in zip(qids, prompts, gens):
