@@ -56,16 +56,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import pandas as pd
-import pyterrier as pt
 import torch
 from torch import nn
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import Reranker
+from pyterrier_llmrank.base import QueryCandidates, QueryReranker
 
 __all__ = ['IDCM', 'IDCMModel', 'train_etm', 'distill_esm', 'lambda_loss', 'split_windows',
            'IDCM_KERNEL_MU', 'IDCM_KERNEL_SIGMA', 'IDCM_CHUNK_SIZE', 'IDCM_OVERLAP', 'IDCM_SAMPLE_N',
@@ -314,7 +312,7 @@ def load_idcm_model(path: Union[str, os.PathLike], bert_config: Any = None) -> T
 
 # ----------------------------------------------------------------------------------------------- reranker
 
-class IDCM(Reranker):
+class IDCM(QueryReranker):
     """IDCM (Hofstätter et al., SIGIR 2021): re-rank long documents with an intra-document cascade.
 
     Each document is cut into 64-token windows; the cheap CK student (ESM) scores every window, the
@@ -406,54 +404,49 @@ class IDCM(Reranker):
 
     # -- scoring --------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
-        scores = np.zeros(len(inp), dtype='float64')
+    def _rerank_query(self, q: QueryCandidates) -> np.ndarray:
         dev = next(self.model.parameters()).device
-        groups = list(inp.groupby('qid', sort=False).indices.items())
-        it: Iterable = groups
-        if self.verbose:
-            it = pt.tqdm(groups, desc=self.label, unit='query')
-        texts = inp[self.text_field].tolist()
-        queries = inp['query'].tolist()
-        for qid, rows in it:
-            q = torch.as_tensor(self.query_ids(queries[rows[0]]), device=dev)
-            wins = [self.document_windows(texts[r]) for r in rows]
-            counts = np.array([len(w) for w in wins])
-            allw = torch.as_tensor(np.concatenate(wins), device=dev)
-            offsets = np.concatenate([[0], np.cumsum(counts)])
-            # stage 1: the student on every window (unless no cascade)
-            # (documents with at most sample_n windows send them all to the ETM: their ESM scores are not needed)
-            selected = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(rows))]
-            cascade = [i for i in range(len(rows)) if 0 < self.sample_n < counts[i]]
-            esm_seconds = 0.0
-            if cascade:
-                start = time.perf_counter()
-                cw = torch.cat([allw[offsets[i]:offsets[i + 1]] for i in cascade])
-                step = 8 * self.batch_size
-                esm = torch.cat([self.model.esm_scores(q, cw[j:j + step]) for j in range(0, len(cw), step)])
-                pos = 0
-                for i in cascade:
-                    selected[i] = offsets[i] + self.model.select(esm[pos:pos + counts[i]], self.sample_n).cpu().numpy()
-                    pos += counts[i]
-                esm_seconds = time.perf_counter() - start
-            # stage 2: the teacher on the selected windows, in batches of equal length (no padding)
-            sel = np.concatenate(selected)
-            etm = torch.empty(len(sel), dtype=torch.float32)
-            seq_len = len(q) + allw.shape[1]
-            for i in range(0, len(sel), self.batch_size):
-                start = time.perf_counter()
-                idx = torch.as_tensor(sel[i:i + self.batch_size], device=dev)
-                etm[i:i + len(idx)] = self.model.etm_scores(q, allw[idx]).float().cpu()
-                tokens = (len(q) + (allw[idx] != self.model.padding_idx).sum(-1)).cpu().numpy()
-                self.stats.add_batch([qid] * len(idx), tokens, seq_len, time.perf_counter() - start)
+        qid = q.qid
+        qt = torch.as_tensor(self.query_ids(q.query), device=dev)
+        wins = [self.document_windows(t) for t in q.texts]
+        n_docs = len(wins)
+        counts = np.array([len(w) for w in wins])
+        allw = torch.as_tensor(np.concatenate(wins), device=dev)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        # stage 1: the student on every window (unless no cascade)
+        # (documents with at most sample_n windows send them all to the ETM: their ESM scores are not needed)
+        selected = [np.arange(offsets[i], offsets[i + 1]) for i in range(n_docs)]
+        cascade = [i for i in range(n_docs) if 0 < self.sample_n < counts[i]]
+        esm_seconds = 0.0
+        if cascade:
+            start = time.perf_counter()
+            cw = torch.cat([allw[offsets[i]:offsets[i + 1]] for i in cascade])
+            step = 8 * self.batch_size
+            esm = torch.cat([self.model.esm_scores(qt, cw[j:j + step]) for j in range(0, len(cw), step)])
             pos = 0
-            for i, r in enumerate(rows):
-                n = len(selected[i])
-                scores[r] = float(self.model.aggregate(etm[pos:pos + n].to(self.model.top_k_scoring.dtype).to(dev)))
-                pos += n
-            self.stats.add(qid, windows=int(counts.sum()), etm_windows=len(sel), esm_seconds=esm_seconds,
-                           seconds=esm_seconds)
-        return inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
+            for i in cascade:
+                selected[i] = offsets[i] + self.model.select(esm[pos:pos + counts[i]], self.sample_n).cpu().numpy()
+                pos += counts[i]
+            esm_seconds = time.perf_counter() - start
+        # stage 2: the teacher on the selected windows, in batches of equal length (no padding)
+        sel = np.concatenate(selected)
+        etm = torch.empty(len(sel), dtype=torch.float32)
+        seq_len = len(qt) + allw.shape[1]
+        for i in range(0, len(sel), self.batch_size):
+            start = time.perf_counter()
+            idx = torch.as_tensor(sel[i:i + self.batch_size], device=dev)
+            etm[i:i + len(idx)] = self.model.etm_scores(qt, allw[idx]).float().cpu()
+            tokens = (len(qt) + (allw[idx] != self.model.padding_idx).sum(-1)).cpu().numpy()
+            self.stats.add_batch([qid] * len(idx), tokens, seq_len, time.perf_counter() - start)
+        scores = np.zeros(n_docs, dtype='float64')
+        pos = 0
+        for i in range(n_docs):
+            n = len(selected[i])
+            scores[i] = float(self.model.aggregate(etm[pos:pos + n].to(self.model.top_k_scoring.dtype).to(dev)))
+            pos += n
+        self.stats.add(qid, windows=int(counts.sum()), etm_windows=len(sel), esm_seconds=esm_seconds,
+                       seconds=esm_seconds)
+        return scores
 
 
 def save_idcm(model: IDCMModel, tokenizer: Any, path: Union[str, os.PathLike], sample_n: Optional[int] = None) -> None:
