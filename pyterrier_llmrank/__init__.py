@@ -11,7 +11,7 @@ from pyterrier_llmrank.backends import (GenerationBackend, HFGenerationBackend, 
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 from pyterrier_llmrank.icr import ICR
-from pyterrier_llmrank.idcm import IDCM, IDCMModel, distill_esm, train_etm
+from pyterrier_llmrank.idcm import IDCM, IDCMModel
 from pyterrier_llmrank.cascade import (TopPassages, aggregate_passages, minilm_scorer, passage_cascade,
                                       split_passages)
 from pyterrier_llmrank.hybrid import DenseRetriever, Fusion, Hybrid
@@ -19,6 +19,6 @@ from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite
 
 __all__ = ['datasets', 'dense_models', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
-           'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel', 'train_etm', 'distill_esm',
+           'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
            'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']
