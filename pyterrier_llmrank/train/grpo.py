@@ -37,7 +37,6 @@ with the tokenizer: ``RankR1('<output_dir>/model')`` loads it; both folders hold
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
