@@ -6,19 +6,19 @@ from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.upr import UPR
 from pyterrier_llmrank.monot5 import DuoT5, MonoT5
 from pyterrier_llmrank.pointwise import DeARPointwise, ProRank, YesNo
-from pyterrier_llmrank.backends import (GenerationBackend, HFGenerationBackend, ScriptedBackend,
-                                           VLLMBackend)
+from pyterrier_llmrank.backends import GenerationBackend, HFGenerationBackend, ScriptedBackend, VLLMBackend
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 from pyterrier_llmrank.icr import ICR
-from pyterrier_llmrank.idcm import IDCM, IDCMModel, distill_esm, train_etm
+from pyterrier_llmrank.idcm import IDCM, IDCMModel
 from pyterrier_llmrank.cascade import TopPassages, aggregate_passages, passage_cascade, split_passages
 from pyterrier_llmrank.dense import DenseRetriever, minilm_scorer
 from pyterrier_llmrank.fusion import Fusion, Hybrid
 from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite, SubQueryRetrieve
 
-__all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank', 'DeARPointwise', 'YesNo',
+__all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank',
+           'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
-           'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel', 'train_etm', 'distill_esm',
+           'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
            'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']

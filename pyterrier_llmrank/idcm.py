@@ -39,7 +39,9 @@ Differences from the reference, all deliberate and documented:
 * ``kldivloss`` in the reference feeds probabilities where ``KLDivLoss`` expects log-probabilities; the
   ``'kl'`` option here computes KL(teacher || student) over the window distribution properly.
 
-Training (:func:`train_etm`, :func:`distill_esm`) follows the paper's two stages: the ETM (with the
+Training (:mod:`pyterrier_llmrank.train.idcm`: :func:`~pyterrier_llmrank.train.idcm.train_etm`,
+:func:`~pyterrier_llmrank.train.idcm.distill_esm`, recipe ``python -m pyterrier_llmrank.train idcm``) follows the
+paper's two stages: the ETM (with the
 aggregation weights) is trained on all windows (``sample_n = -1``) with a document ranking loss; then the
 ESM is trained alone, the ETM frozen, to reproduce the ETM's ranking of a document's windows (LambdaLoss,
 NDCG-Loss2 scheme, with the reference's gains: the ETM's top ``sample_n`` windows get gains
@@ -65,7 +67,7 @@ from torch import nn
 from pyterrier_llmrank import models
 from pyterrier_llmrank.base import QueryCandidates, QueryReranker
 
-__all__ = ['IDCM', 'IDCMModel', 'train_etm', 'distill_esm', 'lambda_loss', 'split_windows',
+__all__ = ['IDCM', 'IDCMModel', 'split_windows',
            'IDCM_KERNEL_MU', 'IDCM_KERNEL_SIGMA', 'IDCM_CHUNK_SIZE', 'IDCM_OVERLAP', 'IDCM_SAMPLE_N',
            'IDCM_TOP_K_CHUNKS', 'IDCM_MAX_QUERY_TOKENS', 'IDCM_MAX_DOC_TOKENS', 'IDCM_PUBLISHED']
 
@@ -87,8 +89,6 @@ IDCM_MAX_QUERY_TOKENS = 30
 IDCM_MAX_DOC_TOKENS = 2000
 #: The published checkpoint (DistilBERT ETM, CK ESM, trained on MS MARCO documents).
 IDCM_PUBLISHED = 'sebastian-hofstaetter/idcm-distilbert-msmarco_doc'
-#: The reference's marker of a padded (empty) window in LambdaLoss.
-_PADDED = -9000.0
 
 _WEIGHT_FILES = ('pytorch_model.bin', 'model.safetensors')
 
@@ -462,175 +462,3 @@ def save_idcm(model: IDCMModel, tokenizer: Any, path: Union[str, os.PathLike], s
     torch.save(state, str(folder / 'pytorch_model.bin'))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
-
-
-# ---------------------------------------------------------------------------------------------- training
-
-def lambda_loss(pred: torch.Tensor, gains: torch.Tensor, padded: float = _PADDED, eps: float = 1e-6,
-                sigma: float = 1.0) -> torch.Tensor:
-    """LambdaLoss with the NDCG-Loss2 weighting (Wang et al., CIKM 2018), as matchmaker's ``LambdaLoss``.
-
-    matchmaker ``matchmaker/losses/lambdarank.py`` (from allegro/allRank): items are sorted by ``pred``; for every
-    pair (i, j) of ranks with gain_i > gain_j the loss adds ``-log2(sigmoid(sigma (s_i - s_j)) ** w_ij)`` with
-    ``w_ij = |1/D(|i-j|) - 1/D(|i-j|+1)| * |G_i - G_j|``, ``D(r) = log2(1 + r)`` and
-    ``G = (2^gain - 1) / maxDCG``; entries whose gain equals ``padded`` are ignored; sum reduction.
-
-    Args:
-        pred: ``[batch, slate]`` scores.
-        gains: ``[batch, slate]`` gains, ``padded`` where the item does not exist.
-    """
-    pred = pred.clone()
-    gains = gains.clone().float()
-    mask = gains == padded
-    pred[mask] = float('-inf')
-    gains[mask] = float('-inf')
-    pred_sorted, order = pred.sort(descending=True, dim=-1)
-    true_sorted = gains.sort(descending=True, dim=-1).values
-    true_by_pred = torch.gather(gains, 1, order)
-    diffs = true_by_pred[:, :, None] - true_by_pred[:, None, :]
-    pair_mask = torch.isfinite(diffs) & (diffs > 0)
-    true_by_pred = true_by_pred.clamp(min=0.)
-    true_sorted = true_sorted.clamp(min=0.)
-    pos = torch.arange(1, pred.shape[1] + 1, device=pred.device)
-    disc = torch.log2(1. + pos.float())[None, :]
-    max_dcg = ((torch.pow(2, true_sorted) - 1) / disc).sum(-1).clamp(min=eps)
-    g = (torch.pow(2, true_by_pred) - 1) / max_dcg[:, None]
-    delta = torch.abs(pos[:, None] - pos[None, :])
-    # |1/D(|i-j|) - 1/D(|i-j| + 1)| off the diagonal (the reference's D[0, delta - 1] and D[0, delta])
-    d_lo = torch.log2(1. + delta.clamp(min=1).float())
-    d_hi = torch.log2(2. + delta.float())
-    weights = torch.abs(1. / d_lo - 1. / d_hi)
-    weights.fill_diagonal_(0.)
-    weights = weights[None] * torch.abs(g[:, :, None] - g[:, None, :])
-    score_diffs = (pred_sorted[:, :, None] - pred_sorted[:, None, :]).clamp(min=-1e4, max=1e4)
-    score_diffs = torch.nan_to_num(score_diffs, nan=0.)
-    probas = (torch.sigmoid(sigma * score_diffs).clamp(min=eps) ** weights).clamp(min=eps)
-    return -torch.log2(probas)[pair_mask].sum()
-
-
-def _encode_pairs(tokenizer: Any, model: IDCMModel, query: str, text: str, max_q: int, max_d: int,
-                  dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    q = torch.as_tensor(tokenizer(query, truncation=True, max_length=max_q)['input_ids'], device=dev)
-    ids = tokenizer(text if isinstance(text, str) else '', truncation=True, max_length=max_d)['input_ids'][1:]
-    w = torch.as_tensor(split_windows(ids, model.chunk_size, model.overlap, model.padding_idx), device=dev)
-    return q, w
-
-
-def train_etm(model: IDCMModel, tokenizer: Any, triples: Sequence[Tuple[str, str, str]], *, epochs: int = 1,
-              lr: float = 3e-5, batch_size: int = 8, loss: str = 'ranknet',
-              teacher_margins: Optional[Sequence[float]] = None, max_query_tokens: int = IDCM_MAX_QUERY_TOKENS,
-              max_doc_tokens: int = IDCM_MAX_DOC_TOKENS, seed: int = 0) -> List[float]:
-    """Stage 1: train the ETM (encoder, classification layer and ``top_k_scoring``) on all windows.
-
-    Each triple ``(query, positive document, negative document)`` is scored with ``sample_n = -1``; the loss is
-    the pairwise softmax cross-entropy (``'ranknet'``) or Margin-MSE against ``teacher_margins`` (``'margin_mse'``,
-    the paper's knowledge distillation). AdamW, shuffled with ``seed``, one step per ``batch_size`` triples.
-
-    Returns:
-        the mean loss of each step.
-    """
-    if loss not in ('ranknet', 'margin_mse'):
-        raise ValueError("loss must be 'ranknet' or 'margin_mse'")
-    if loss == 'margin_mse' and (teacher_margins is None or len(teacher_margins) != len(triples)):
-        raise ValueError("loss='margin_mse' needs one teacher margin per triple")
-    dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.etm_parameters(), lr=lr)
-    encoded = [(_encode_pairs(tokenizer, model, q, p, max_query_tokens, max_doc_tokens, dev),
-                _encode_pairs(tokenizer, model, q, n, max_query_tokens, max_doc_tokens, dev)) for q, p, n in triples]
-    model.train()
-    losses: List[float] = []
-    try:
-        for _ in range(epochs):
-            perm = torch.randperm(len(encoded), generator=gen).tolist()
-            for b in range(0, len(perm), batch_size):
-                opt.zero_grad()
-                total = 0.
-                idx = perm[b:b + batch_size]
-                for i in idx:
-                    (q, wp), (_, wn) = encoded[i]
-                    sp = model.score_document(q, wp, sample_n=-1)['score']
-                    sn = model.score_document(q, wn, sample_n=-1)['score']
-                    if loss == 'ranknet':
-                        li = -torch.log_softmax(torch.stack([sp, sn]), 0)[0]
-                    else:
-                        li = (sp - sn - float(teacher_margins[i])) ** 2
-                    (li / len(idx)).backward()
-                    total += float(li)
-                opt.step()
-                losses.append(total / len(idx))
-    finally:
-        model.eval()
-    return losses
-
-
-def _esm_targets(model: IDCMModel, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.etm_scores(q, w).float()
-
-
-def distill_esm(model: IDCMModel, tokenizer: Any, pairs: Sequence[Tuple[str, str]], *, epochs: int = 1,
-                lr: float = 1e-3, batch_size: int = 8, loss: str = 'lambdaloss', sample_n: Optional[int] = None,
-                max_query_tokens: int = IDCM_MAX_QUERY_TOKENS, max_doc_tokens: int = IDCM_MAX_DOC_TOKENS,
-                seed: int = 0) -> List[float]:
-    """Stage 2: train the CK student to reproduce the frozen ETM's ranking of each document's windows.
-
-    For each ``(query, document)`` the ETM scores all windows (no gradient; cached once). Losses:
-
-    * ``'lambdaloss'`` (default, the reference's): :func:`lambda_loss` of the ESM scores against gains
-      ``sample_n - i`` for the ETM's i-th best window (i < ``sample_n``) and 0 for the others;
-    * ``'mse'``: mean squared error between ESM and ETM scores over the document's windows;
-    * ``'kl'``: KL(softmax(ETM) || softmax(ESM)) over the document's windows.
-
-    Only the student's parameters change (:meth:`IDCMModel.esm_parameters`). AdamW, shuffled with ``seed``.
-
-    Returns:
-        the mean loss of each step.
-    """
-    if loss not in ('lambdaloss', 'mse', 'kl'):
-        raise ValueError("loss must be 'lambdaloss', 'mse' or 'kl'")
-    n_gain = model.sample_n if sample_n is None else sample_n
-    if n_gain < 1:
-        raise ValueError('the LambdaLoss gains need sample_n >= 1')
-    dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model.eval()  # the teacher's dropout stays off (as the reference's bert_model.eval())
-    data = []
-    for query, text in pairs:
-        q, w = _encode_pairs(tokenizer, model, query, text, max_query_tokens, max_doc_tokens, dev)
-        data.append((q, w, _esm_targets(model, q, w)))
-    opt = torch.optim.AdamW(model.esm_parameters(), lr=lr)
-    losses: List[float] = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(data), generator=gen).tolist()
-        for b in range(0, len(perm), batch_size):
-            idx = perm[b:b + batch_size]
-            opt.zero_grad()
-            width = max(data[i][1].shape[0] for i in idx)
-            teach = torch.full((len(idx), width), _PADDED, device=dev)
-            rows = []
-            for j, i in enumerate(idx):
-                q, w, t = data[i]
-                rows.append(model.esm_scores(q, w))
-                teach[j, :len(t)] = t
-            preds = torch.stack([torch.cat([r, r.new_full((width - len(r),), _PADDED)]) for r in rows])
-            valid = teach != _PADDED
-            if loss == 'lambdaloss':
-                gains = torch.zeros_like(teach)
-                ranked = torch.sort(teach.masked_fill(~valid, float('-inf')), descending=True, stable=True).indices
-                for i in range(min(n_gain, width)):
-                    gains.scatter_(1, ranked[:, i:i + 1], float(n_gain - i))
-                gains[~valid] = _PADDED
-                value = lambda_loss(preds, gains)
-            elif loss == 'mse':
-                value = ((preds - teach) ** 2)[valid].mean()
-            else:
-                lp = torch.log_softmax(preds.masked_fill(~valid, float('-inf')), -1)
-                lt = torch.log_softmax(teach.masked_fill(~valid, float('-inf')), -1)
-                value = (lt.exp() * (lt - lp)).masked_fill(~valid, 0.).sum(-1).mean()
-            value.backward()
-            opt.step()
-            losses.append(float(value))
-    return losses

@@ -11,7 +11,8 @@ from conventions import check_rerank_conventions
 from tiny_models import corpus_lines
 from pyterrier_llmrank.idcm import (IDCM, IDCM_CHUNK_SIZE, IDCM_KERNEL_MU, IDCM_KERNEL_SIGMA, IDCM_MAX_DOC_TOKENS,
                                     IDCM_MAX_QUERY_TOKENS, IDCM_OVERLAP, IDCM_SAMPLE_N, IDCM_TOP_K_CHUNKS, IDCMModel,
-                                    distill_esm, lambda_loss, split_windows, train_etm)
+                                    split_windows)
+from pyterrier_llmrank.train.idcm import distill_esm, lambda_loss, train_etm
 
 
 def fresh_model(tiny_distilbert, seed=0, **kw):
@@ -309,3 +310,42 @@ def test_sample_n_is_the_rerankers_own(tiny_distilbert):
     assert (a.sample_n, b.sample_n, model.sample_n) == (1, 4, 4)
     with pytest.raises(ValueError):
         IDCM(model, tokenizer=tiny_distilbert.tokenizer, sample_n=0)
+
+
+def test_idcm_recipe_cli_loads_into_idcm(tiny_distilbert, tmp_path):
+    """The ``idcm`` recipe (example config, tiny encoder, two SciFact queries): both stages logged, the ETM frozen in
+    stage 2, the output folder loading into IDCM with the trained weights, a restart reusing stage 1."""
+    from pathlib import Path
+
+    from pyterrier_llmrank.idcm import load_idcm_model
+    from pyterrier_llmrank.train import load_reranker
+    from pyterrier_llmrank.train.__main__ import main
+    from pyterrier_llmrank.train.common import read_log
+    example = Path(__file__).resolve().parent.parent / 'examples' / 'train' / 'idcm-cpu.yaml'
+    out = tmp_path / 'idcm'
+    args = ['idcm', '--config', str(example), f'encoder={tiny_distilbert.path}', f'output_dir={out}', 'max_queries=2',
+            'max_doc_tokens=300', 'etm.lr=1e-3', 'etm.batch_size=1', 'esm.batch_size=1', 'esm.epochs=1',
+            'verbose=false']
+    assert main(args) == 0
+    log = read_log(out / 'log.csv')
+    stages = [r['stage'] for r in log]
+    assert stages[0] == 'etm' and stages[-1] == 'esm' and stages == sorted(stages, reverse=True)
+    assert [int(r['step']) for r in log] == list(range(1, len(log) + 1))
+    etm, _ = load_idcm_model(out / 'etm')
+    final, _ = load_idcm_model(out)
+    fresh = fresh_model(tiny_distilbert)
+    for a, b in zip(etm.etm_parameters(), final.etm_parameters()):  # stage 2 leaves the ETM as stage 1 wrote it
+        assert torch.equal(a, b)
+    assert not torch.equal(etm.bert_model.embeddings.word_embeddings.weight,
+                           fresh.bert_model.embeddings.word_embeddings.weight)  # stage 1 trained the encoder
+    assert any(not torch.equal(a, b) for a, b in zip(etm.esm_parameters(), final.esm_parameters()))
+    reranker = load_reranker(out, device='cpu')
+    assert type(reranker) is IDCM and reranker.max_doc_tokens == 300 and reranker.sample_n == 4
+    direct = IDCM((final, reranker.tokenizer), device='cpu', max_doc_tokens=300)
+    np.testing.assert_allclose(reranker(frame())['score'], direct(frame())['score'], rtol=1e-6)
+    before = (out / 'etm' / 'pytorch_model.bin').read_bytes()
+    assert main(args) == 0  # a restart: stage 1 reused (same log rows), stage 2 again, the same result
+    assert (out / 'etm' / 'pytorch_model.bin').read_bytes() == before
+    assert read_log(out / 'log.csv') == log
+    with pytest.raises(ValueError, match='another configuration'):
+        main(args[:-1] + ['etm.lr=2e-3'])

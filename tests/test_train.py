@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from conventions import check_rerank_conventions
 from pyterrier_llmrank import DeARPointwise, YesNo
 from pyterrier_llmrank.train import RECIPES, get_recipe
-from pyterrier_llmrank.train._common import (CSVLogger, apply_overrides, latest_checkpoint, load_checkpoint,
-                                             load_config, read_log)
-from pyterrier_llmrank.train._recipe import load_reranker, resolve_config
+from pyterrier_llmrank.train.common import (CSVLogger, apply_overrides, latest_checkpoint, load_checkpoint,
+                                            load_config, read_log, save_checkpoint)
+from pyterrier_llmrank.train.recipe import load_reranker, reranker_class, resolve_config
 from pyterrier_llmrank.train.data import LAST_STATS, training_groups
 from pyterrier_llmrank.train.distill import DISTILL_DEFAULTS, DeARStudent, distill_loss, rank_net
 from pyterrier_llmrank.train.yesno import YESNO_DEFAULTS, YesNoStudent, infonce_loss, sft_loss
@@ -136,7 +136,7 @@ def test_example_configs_and_overrides(tmp_path):
     assert cfg == {'lora': {'r': 8, 'alpha': 4}, 'steps': 10, 'output_dir': '/x', 'tau': 0.5}
     with pytest.raises(ValueError, match='unknown key'):
         resolve_config({'output_dir': '/x', 'stepz': 3}, 'sft', YESNO_DEFAULTS)
-    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'grpo-rank-r1', 'prorank'}
+    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'grpo-rank-r1', 'prorank', 'idcm'}
     with pytest.raises(ValueError, match='unknown recipe'):
         get_recipe('dpo')
 
@@ -223,7 +223,7 @@ def test_distill_recipe(pooling_model, tiny_llama, tiny_padded, tmp_path):
                  for i, d in enumerate(reversed([g['positive_docno'], *g['negative_docnos']]))]
         (tmp_path / 'scores.tsv').write_text(''.join(lines))
         teacher = {'teacher_scores': str(tmp_path / 'scores.tsv')}
-    cfg = _base(model, out_dir, max_passage_tokens=40, **teacher)
+    cfg = _base(model, out_dir, max_passage_tokens=40, batch_size=1, grad_accum=1, **teacher)
     del cfg['max_text_tokens']
     out = get_recipe('distill')(cfg)
     losses = _losses(out)
@@ -250,3 +250,103 @@ def test_cli(tiny_llama, tmp_path):
                    f'steps: 5\nverbose: false\nmax_text_tokens: 32\n')
     assert main(['contrastive', '--config', str(cfg), f'output_dir={tmp_path / "o"}', 'steps=2']) == 0
     assert len(_losses(tmp_path / 'o')) == 2 and (tmp_path / 'o' / 'adapter_config.json').exists()
+
+
+# ------------------------------------------------------------------------------ defaults vs the references
+
+#: DeAR stage 1 as the reference trains it: DataScienceUIBK/DeAR-Reranking, commit
+#: c31c73985f0f7546ef7598a3c8815ef6594a6190, train_pointwise.sh (flags), pointwise_reranker/arguments.py (defaults
+#: the script keeps) and pointwise_reranker/modeling.py (LoraConfig of DistillRerankerModel.build).
+DEAR_TRAIN_POINTWISE = {
+    'n_negatives': 1,              # train_pointwise.sh --train_n_passages 2 (1 positive + 1 negative)
+    'batch_size': 2,               # train_pointwise.sh --per_device_train_batch_size 2
+    'grad_accum': 2,               # train_pointwise.sh --gradient_accumulation_steps 2
+    'lr': 1e-4,                    # train_pointwise.sh --learning_rate 1e-4
+    'temperature': 2.0,            # train_pointwise.sh --temperature 2
+    'alpha': 0.1,                  # train_pointwise.sh --alpha 0.1
+    'max_query_tokens': 32,        # train_pointwise.sh --q_max_len 32
+    'max_passage_tokens': 196,     # train_pointwise.sh --p_max_len 196
+    'loss': 'ce',                  # arguments.py loss_type = "softmax_ce"
+    'warmup_ratio': 0.1,           # arguments.py ModelTrainingArguments.warmup_ratio = 0.1
+    'max_grad_norm': 1.0,          # arguments.py ModelTrainingArguments.max_grad_norm = 1.0
+    'lora': {'r': 32, 'alpha': 64, 'dropout': 0.1,  # modeling.py LoraConfig(r=32, lora_alpha=64, lora_dropout=0.1)
+             'target_modules': ['q_proj', 'v_proj', 'o_proj', 'down_proj', 'up_proj', 'gate_proj']},
+}
+
+
+def test_distill_defaults_are_the_reference():
+    from pyterrier_llmrank.train.distill import DEAR_REFERENCE
+    cfg = resolve_config({'output_dir': '/x'}, 'distill', DISTILL_DEFAULTS)
+    for key, value in DEAR_TRAIN_POINTWISE.items():
+        if key == 'lora':
+            assert {k: cfg['lora'][k] for k in value} == value
+        else:
+            assert cfg[key] == value, key
+            assert DEAR_REFERENCE[key] == value, key
+
+
+# The yes/no recipes (sft, contrastive) and ProRank have no public reference training code (Dai et al. 2025 and
+# Li et al. 2025 publish none): their defaults are documented choices, nothing to compare.
+
+
+# ------------------------------------------------------------------------------------ loading safely
+
+def test_load_reranker_refuses_classes_outside_the_toolkit(tmp_path):
+    import json
+    folder = tmp_path / 'evil'
+    folder.mkdir()
+    marker = tmp_path / 'ran'
+    (folder / '__main__.py').write_text(f'open({str(marker)!r}, "w").write("pwned")\n')
+    for name in ('runpy:run_path', 'os:system', 'os.system', 'pyterrier_llmrank.train.common:write_json',
+                 'pyterrier_llmrank.os', 'builtins:eval', 'NotAReranker', None):
+        (folder / 'reranker.json').write_text(json.dumps({'class': name, 'kwargs': {}}))
+        with pytest.raises(ValueError, match='not one of the toolkit') as err:
+            load_reranker(str(folder))
+        assert str(folder / 'reranker.json') in str(err.value) and repr(name) in str(err.value)
+    assert not marker.exists()  # nothing of the folder ran
+    # the toolkit's names, and the spellings of older folders, are accepted
+    assert reranker_class('YesNo') is YesNo and reranker_class('DeARPointwise') is DeARPointwise
+    assert reranker_class('pyterrier_llmrank.pointwise:YesNo') is YesNo
+    from pyterrier_llmrank import IDCM, ProRank, RankR1
+    assert reranker_class('pyterrier_llmrank.RankR1') is RankR1 and reranker_class('ProRank') is ProRank
+    assert reranker_class('IDCM') is IDCM
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+class _NotATensor:
+    """Any picklable object that is neither a tensor nor a plain container."""
+
+
+def test_checkpoint_round_trip_and_refuses_pickled_objects(tmp_path):
+    import random
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(tmp_path, 1, model, opt, sched, extra={'order': [3, 1, 2]})
+    assert sorted(p.name for p in ckpt.iterdir()) == ['optimizer.pt', 'rng.safetensors', 'state.json',
+                                                      'trainable.safetensors']
+    after = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (s + 1))
+    state = load_checkpoint(latest_checkpoint(tmp_path), model, opt2, sched2)
+    assert state == {'step': 1, 'extra': {'order': [3, 1, 2]}}
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == after  # the random states
+    assert opt2.state_dict()['state'][0]['step'] == opt.state_dict()['state'][0]['step']
+    assert sched2.last_epoch == 1
+    # a checkpoint whose optimizer file holds another pickled object is refused, nothing of it is built
+    torch.save({'optimizer': _NotATensor(), 'scheduler': None}, ckpt / 'optimizer.pt')
+    with pytest.raises(ValueError, match='refusing to unpickle'):
+        load_checkpoint(ckpt, model, opt2, sched2)

@@ -93,7 +93,7 @@ def test_prorank_stage2_loss_goes_down_on_a_fixed_batch(tiny_llama, loss):
     from peft import get_peft_model
 
     from pyterrier_llmrank import ProRank
-    from pyterrier_llmrank.train._common import lora_config
+    from pyterrier_llmrank.train.common import lora_config
     model = build_tiny_llama_copy(tiny_llama)
     scorer = ProRank((model, tiny_llama.tokenizer), device='cpu', max_length=48, prefix_reuse=False)
     seqs = [scorer.prompt_ids('q one', t) for t in ['relevant text', 'other text', 'third']] + \
@@ -185,6 +185,48 @@ def test_grpo_favours_rewarded_completions_logs_and_resumes(tiny_llama, tmp_path
         assert torch.allclose(weights[n], weights2[n], atol=1e-6), n
     log2 = pd.read_csv(out / 'log.csv')
     pd.testing.assert_frame_equal(log.drop(columns=['seconds']), log2.drop(columns=['seconds']), rtol=1e-5)
+    # a restart with other settings does not resume these checkpoints
+    with pytest.raises(ValueError, match='another configuration.*learning_rate'):
+        run_grpo(_grpo_cfg(learning_rate=1e-3), build_tiny_llama_copy(tiny_llama), tok, examples, [_EvenFirstToken()],
+                 out)
+
+
+# ------------------------------------------------------------------------------ defaults vs the reference
+
+#: Rank-R1 GRPO as the reference trains it: ielab/llm-rankers, commit b36517bf17a3956dc56c4c967f972d02390b1cdd,
+#: Rank-R1/train_grpo.py (GRPOConfig, LoraConfig; num_train_epochs not set: TrainingArguments' default 3.0) and
+#: Rank-R1/create_dataset.py (neg_docs[:19]).
+RANK_R1_TRAIN_GRPO = {
+    'batch_size': 16,               # batch_size = 16 -> per_device_train_batch_size (2 prompts x 8 generations)
+    'num_generations': 8,           # num_generations = 8
+    'num_train_epochs': 3,          # not set: TrainingArguments().num_train_epochs == 3.0
+    'learning_rate': 1e-5,          # learning_rate=1e-5
+    'max_completion_length': 2048,  # max_completion_length=2048
+    'gradient_checkpointing': True,  # gradient_checkpointing=True
+    'lora_r': 16,                   # LoraConfig(r=16)
+    'lora_alpha': 32,               # LoraConfig(lora_alpha=32)
+    'lora_dropout': 0.05,           # LoraConfig(lora_dropout=0.05)
+    'lora_targets': None,           # LoraConfig without target_modules: peft's default
+    'n_negatives': 19,              # create_dataset.py: neg_docs[:19]
+}
+
+
+def test_grpo_rank_r1_defaults_are_the_reference():
+    from transformers import TrainingArguments
+
+    from pyterrier_llmrank.train.grpo import GRPO_DEFAULTS, RANK_R1_DEFAULTS, RANK_R1_REFERENCE
+    from pyterrier_llmrank.train.prorank import PRORANK_DEFAULTS
+    assert TrainingArguments('x').num_train_epochs == RANK_R1_TRAIN_GRPO['num_train_epochs']
+    for key, value in RANK_R1_TRAIN_GRPO.items():
+        assert RANK_R1_DEFAULTS[key] == value, key
+        assert RANK_R1_REFERENCE[key] == value, key
+    # the GRPO settings live once: ProRank's stage 1 takes them (but its one answer token)
+    stage1 = PRORANK_DEFAULTS['stage1']
+    for key, value in GRPO_DEFAULTS.items():
+        if key.startswith('lora_'):
+            assert PRORANK_DEFAULTS[key] == value
+        elif key not in ('max_completion_length', 'gradient_checkpointing'):
+            assert stage1[key] == value, key
 
 
 # ------------------------------------------------------------------------------------------------ the recipes

@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from ir_measures import AP, RR, nDCG  # noqa: E402
 
 import pyterrier_llmrank  # noqa: E402
-from pyterrier_llmrank.train._common import load_config, set_seed  # noqa: E402
-from pyterrier_llmrank.train._recipe import resolve_config  # noqa: E402
+from pyterrier_llmrank.train.common import load_config, set_seed  # noqa: E402
+from pyterrier_llmrank.train.recipe import resolve_config  # noqa: E402
 from pyterrier_llmrank.train.distill import DISTILL_DEFAULTS, DeARStudent  # noqa: E402
 
 NAMES = ['BM25', 'UPR (teacher)', 'DeAR before', 'DeAR distilled', 'YesNo zero-shot', 'YesNo SFT',

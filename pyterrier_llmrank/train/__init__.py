@@ -9,6 +9,7 @@ straight into the named reranker):
 ``contrastive``    yes/no scorer, InfoNCE over a group (:mod:`.yesno`)         ``YesNo``
 ``grpo-rank-r1``   GRPO for Rank-R1 (:mod:`.grpo`)                             ``RankR1``
 ``prorank``        ProRank prompt warm-up + score learning (:mod:`.prorank`)   ``ProRank``
+``idcm``           IDCM: ETM, then ESM distilled from it (:mod:`.idcm`)        ``IDCM``
 =================  ==========================================================  =====================
 
 Training data come from :func:`pyterrier_llmrank.train.data.training_groups`.
@@ -27,6 +28,7 @@ RECIPES: Dict[str, str] = {
     'contrastive': 'pyterrier_llmrank.train.yesno:main_contrastive',
     'grpo-rank-r1': 'pyterrier_llmrank.train.grpo:main_rank_r1',
     'prorank': 'pyterrier_llmrank.train.prorank:main',
+    'idcm': 'pyterrier_llmrank.train.idcm:main',
 }
 
 
@@ -39,9 +41,10 @@ def get_recipe(name: str) -> Callable[[Dict[str, Any]], str]:
 
 
 def load_reranker(folder: str, **overrides: Any) -> Any:
-    """The reranker of an output folder of ``distill``, ``sft`` or ``contrastive`` (``reranker.json``), built with
-    the arguments it was trained for; ``overrides`` (``batch_size``, ``device``, ...) are passed on."""
-    from pyterrier_llmrank.train._recipe import load_reranker as _load
+    """The reranker of a recipe's output folder (``reranker.json``), built with the arguments it was trained for;
+    ``overrides`` (``batch_size``, ``device``, ...) are passed on. Only the toolkit's rerankers
+    (:data:`~pyterrier_llmrank.train.recipe.RERANKERS`) are built: any other class name is refused (``ValueError``)."""
+    from pyterrier_llmrank.train.recipe import load_reranker as _load
     return _load(folder, **overrides)
 
 

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from pyterrier_llmrank.train import RECIPES, run_recipe
-from pyterrier_llmrank.train._common import apply_overrides, load_config
+from pyterrier_llmrank.train.common import apply_overrides, load_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:

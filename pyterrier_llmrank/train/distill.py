@@ -14,7 +14,7 @@ saved with the adapter, peft's ``SEQ_CLS`` task). Its input and pooling are exac
 into ``DeARPointwise(folder)`` and scores as trained.
 
 A group is one positive (position 0, as the reference's ``train_n_passages`` groups) and ``n_negatives``
-negatives; with student scores ``s`` and teacher scores ``t`` of a group (``B x N``) the loss is::
+negatives (1 by default, as the reference's ``--train_n_passages 2``); with student scores ``s`` and teacher scores ``t`` of a group (``B x N``) the loss is::
 
     (1 - alpha) * L_main(s) + alpha * T**2 * KL(softmax(t / T) || softmax(s / T))      (batchmean)
 
@@ -47,12 +47,12 @@ import torch.nn.functional as F
 
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import decoder_body, model_inputs
-from pyterrier_llmrank.train._common import DEFAULT_LORA_TARGETS
-from pyterrier_llmrank.train._loop import train_loop, used_groups
-from pyterrier_llmrank.train._recipe import add_lora, finish, import_object, make_groups, prepare, resolve_config
+from pyterrier_llmrank.train.common import DEFAULT_LORA_TARGETS
+from pyterrier_llmrank.train.loop import train_loop, used_groups
+from pyterrier_llmrank.train.recipe import add_lora, finish, import_object, make_groups, prepare, resolve_config
 
 __all__ = ['main', 'distill_loss', 'rank_net', 'list_net', 'DeARStudent', 'read_teacher_scores', 'DEAR_LORA',
-           'DEAR_TEMPERATURE', 'DEAR_ALPHA', 'DISTILL_DEFAULTS', 'LOSSES']
+           'DEAR_TEMPERATURE', 'DEAR_ALPHA', 'DEAR_REFERENCE', 'DISTILL_DEFAULTS', 'LOSSES']
 
 #: LoRA of ``DistillRerankerModel.build`` (DataScienceUIBK/DeAR-Reranking ``pointwise_reranker/modeling.py``).
 DEAR_LORA = {'r': 32, 'alpha': 64, 'dropout': 0.1,
@@ -67,12 +67,32 @@ DEAR_RANKNET_CE_BETA = 0.5
 
 LOSSES = ('ce', 'ranknet', 'ce+ranknet', 'ranknet-teacher', 'listnet-teacher')
 
-DISTILL_DEFAULTS: Dict[str, Any] = {
-    'loss': 'ce', 'temperature': DEAR_TEMPERATURE, 'alpha': DEAR_ALPHA, 'lora': dict(DEAR_LORA),
-    'teacher': {'class': 'pyterrier_llmrank.upr:UPR', 'kwargs': {'model': 'smollm2-135m-instruct'}},
-    'teacher_scores': None, 'teacher_batch_size': 16,
-    'max_query_tokens': 32, 'max_passage_tokens': 196, 'bos_token': None, 'lr': 1e-4,
+#: The reference's training values (DataScienceUIBK/DeAR-Reranking at commit
+#: c31c73985f0f7546ef7598a3c8815ef6594a6190: ``train_pointwise.sh``, and ``pointwise_reranker/arguments.py`` for
+#: what the script leaves at its default), under this recipe's keys.
+DEAR_REFERENCE: Dict[str, Any] = {
+    'n_negatives': 1,              # --train_n_passages 2: one positive, one negative a group
+    'batch_size': 2,               # --per_device_train_batch_size 2
+    'grad_accum': 2,               # --gradient_accumulation_steps 2
+    'lr': 1e-4,                    # --learning_rate 1e-4
+    'temperature': 2.0,            # --temperature 2
+    'alpha': 0.1,                  # --alpha 0.1
+    'max_query_tokens': 32,        # --q_max_len 32
+    'max_passage_tokens': 196,     # --p_max_len 196
+    'loss': 'ce',                  # not set: arguments.py ModelArguments.loss_type = "softmax_ce"
+    'warmup_ratio': 0.1,           # not set: arguments.py ModelTrainingArguments.warmup_ratio = 0.1
+    'max_grad_norm': 1.0,          # not set: arguments.py ModelTrainingArguments.max_grad_norm = 1.0
 }
+
+#: Defaults of the ``distill`` recipe: the reference's values (:data:`DEAR_REFERENCE`). Not expressible here: the
+#: reference trains 2 epochs (``--num_train_epochs 2``), this loop a number of ``steps``; its teacher is a RankLLaMA
+#: 13B (``--teacher_model_name_or_path``), here any scorer of the toolkit.
+DISTILL_DEFAULTS: Dict[str, Any] = {
+    **DEAR_REFERENCE, 'lora': dict(DEAR_LORA),
+    'teacher': {'class': 'pyterrier_llmrank.upr:UPR', 'kwargs': {'model': 'smollm2-135m-instruct'}},
+    'teacher_scores': None, 'teacher_batch_size': 16, 'bos_token': None,
+}
+assert DEAR_REFERENCE['temperature'] == DEAR_TEMPERATURE and DEAR_REFERENCE['alpha'] == DEAR_ALPHA
 
 
 def rank_net(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -258,5 +278,5 @@ def main(config: Dict[str, Any]) -> str:
                    total_seconds=round(time.time() - t_start, 2))
     if not summary['finished']:
         return str(cfg['output_dir'])
-    return finish(student.peft, student.tokenizer, cfg, summary, 'pyterrier_llmrank.pointwise:DeARPointwise',
+    return finish(student.peft, student.tokenizer, cfg, summary, 'DeARPointwise',
                   student.reranker_kwargs)

@@ -15,7 +15,8 @@ What the recipe does, as the reference:
   ``<think>...</think>\\s*<answer>(...)</answer>`` and the stripped answer equals ``[k]``, else 0;
 * trl ``GRPOTrainer`` with LoRA (r 16, alpha 32, dropout 0.05, bias none, peft's default target modules:
   ``q_proj``, ``v_proj``), learning rate 1e-5, 8 generations per
-  prompt, 8 completions per device batch (one prompt a step), and the GRPO settings of the trl version the
+  prompt, 16 completions per device batch (two prompts a step), 3 epochs (the ``TrainingArguments`` default the
+  reference keeps), and the GRPO settings of the trl version the
   reference was written for (trl 0.15/0.16: KL coefficient ``beta`` 0.04, sampling temperature 0.9, loss averaged
   per sequence, ``loss_type='grpo'``; rewards normalised by the group's standard deviation). Completions of up to
   2048 tokens as the reference (``max_completion_length``); the CPU configuration of ``examples/train`` lowers it.
@@ -36,7 +37,6 @@ with the tokenizer: ``RankR1('<output_dir>/model')`` loads it; both folders hold
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -44,52 +44,80 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pyterrier_llmrank.setwise import RANKR1_DOC, RANKR1_DOC_SEPARATOR, RANKR1_PATTERN, RANKR1_SYSTEM, RANKR1_USER
-from pyterrier_llmrank.train._common import CSVLogger, check_keys, lora_config, set_seed, set_threads, write_json
+from pyterrier_llmrank.train.common import (RUN_CONFIG_IGNORED, CSVLogger, check_keys, check_run_config, lora_config,
+                                            set_seed, set_threads, write_json)
 
 __all__ = ['rank_r1_reward', 'rank_r1_example', 'rank_r1_examples', 'main_rank_r1', 'RANK_R1_DEFAULTS',
-           'GRPO_LOG_COLUMNS', 'completion_text', 'run_grpo']
+           'RANK_R1_REFERENCE', 'GRPO_DEFAULTS', 'GRPO_LOG_COLUMNS', 'completion_text', 'run_grpo']
 
-#: Defaults of the ``grpo-rank-r1`` recipe (ielab/llm-rankers ``Rank-R1/train_grpo.py`` and ``create_dataset.py``
-#: where they say; the model is the toolkit's offline default instead of Qwen2.5-3B-Instruct).
-RANK_R1_DEFAULTS: Dict[str, Any] = {
-    'model': 'smollm2-135m-instruct',
-    'dataset': 'beir-scifact/train',
-    'output_dir': 'build/train/grpo-rank-r1',
-    # data (create_dataset.py: one positive + 19 negatives, shuffled)
-    'n_negatives': 19,
-    'negatives': 'bm25',
-    'depth': 100,
-    'max_queries': None,
-    'max_passage_tokens': 512,
-    'max_query_tokens': 32,
-    # LoRA (train_grpo.py)
-    'lora_r': 16,
-    'lora_alpha': 32,
-    'lora_dropout': 0.05,
-    'lora_targets': None,  # None: peft's default for the architecture (q_proj, v_proj for Llama/Qwen2), as the reference
-    # GRPO (train_grpo.py; beta / temperature / loss_type: the trl 0.15 defaults the reference ran with)
-    'learning_rate': 1e-5,
-    'batch_size': 8,  # completions per step (per_device_train_batch_size)
-    'num_generations': 8,
-    'max_completion_length': 2048,
+#: The reference's values (ielab/llm-rankers at commit b36517bf17a3956dc56c4c967f972d02390b1cdd,
+#: ``Rank-R1/train_grpo.py``; ``num_train_epochs`` and ``save_steps`` are not set there: the values are the
+#: transformers ``TrainingArguments`` defaults; ``n_negatives`` from ``Rank-R1/create_dataset.py``, ``neg_docs[:19]``).
+RANK_R1_REFERENCE: Dict[str, Any] = {
+    'learning_rate': 1e-5,            # GRPOConfig(learning_rate=1e-5)
+    'batch_size': 16,                 # batch_size = 16 -> per_device_train_batch_size (2 prompts x 8 generations)
+    'num_generations': 8,             # num_generations = 8
+    'max_completion_length': 2048,    # GRPOConfig(max_completion_length=2048)
+    'gradient_checkpointing': True,   # GRPOConfig(gradient_checkpointing=True)
+    'num_train_epochs': 3,            # not set: TrainingArguments default 3.0
+    'lora_r': 16,                     # LoraConfig(r=16)
+    'lora_alpha': 32,                 # LoraConfig(lora_alpha=32)
+    'lora_dropout': 0.05,             # LoraConfig(lora_dropout=0.05)
+    'lora_targets': None,             # not set: peft's default for the architecture
+    'n_negatives': 19,                # create_dataset.py: neg_docs[:19]
+}
+
+#: The GRPO (trl ``GRPOConfig``) and LoRA settings shared by the GRPO recipes (``grpo-rank-r1`` and ProRank's stage 1),
+#: those of the Rank-R1 reference (:data:`RANK_R1_REFERENCE`); ``beta``, ``temperature``, ``top_p``, ``loss_type``
+#: and ``scale_rewards`` are the trl 0.15 defaults the reference ran with (gone or changed in later trl versions).
+#: Deliberate differences: ``logging_steps`` 1 (the reference logs every 10 steps; ``log.csv`` gets every step) and
+#: ``save_steps`` 50 (the reference, TrainingArguments' 500).
+GRPO_DEFAULTS: Dict[str, Any] = {
+    'lora_r': RANK_R1_REFERENCE['lora_r'],
+    'lora_alpha': RANK_R1_REFERENCE['lora_alpha'],
+    'lora_dropout': RANK_R1_REFERENCE['lora_dropout'],
+    'lora_targets': RANK_R1_REFERENCE['lora_targets'],  # peft's default (q_proj, v_proj for Llama/Qwen2)
+    'learning_rate': RANK_R1_REFERENCE['learning_rate'],
+    'batch_size': RANK_R1_REFERENCE['batch_size'],  # completions per device and step (per_device_train_batch_size)
+    'num_generations': RANK_R1_REFERENCE['num_generations'],
+    'max_completion_length': RANK_R1_REFERENCE['max_completion_length'],
     'temperature': 0.9,
     'top_p': 1.0,
     'beta': 0.04,
     'loss_type': 'grpo',
     'scale_rewards': 'group',
     'gradient_accumulation_steps': 1,
-    'gradient_checkpointing': True,  # as the reference; off in the CPU configuration (slower there, no memory issue)
-    'num_train_epochs': 1,
+    'gradient_checkpointing': RANK_R1_REFERENCE['gradient_checkpointing'],
+    'num_train_epochs': RANK_R1_REFERENCE['num_train_epochs'],
     'max_steps': -1,
     'logging_steps': 1,
     'save_steps': 50,
     'save_total_limit': 2,
+}
+
+#: Defaults of the ``grpo-rank-r1`` recipe: :data:`GRPO_DEFAULTS` and the data of ``Rank-R1/create_dataset.py``
+#: (the model is the toolkit's offline default instead of Qwen2.5-3B-Instruct).
+RANK_R1_DEFAULTS: Dict[str, Any] = {
+    'model': 'smollm2-135m-instruct',
+    'dataset': 'beir-scifact/train',
+    'output_dir': 'build/train/grpo-rank-r1',
+    # data (create_dataset.py: one positive + 19 negatives, shuffled)
+    'n_negatives': RANK_R1_REFERENCE['n_negatives'],
+    'negatives': 'bm25',
+    'depth': 100,
+    'max_queries': None,
+    'max_passage_tokens': 512,
+    'max_query_tokens': 32,
+    **GRPO_DEFAULTS,
     'seed': 42,
     'threads': None,
     'resume': True,
     'merge': True,
     'device': 'auto',
 }
+
+#: Settings a resumed GRPO run may change (besides :data:`~pyterrier_llmrank.train.common.RUN_CONFIG_IGNORED`).
+GRPO_RUN_CONFIG_IGNORED = (*RUN_CONFIG_IGNORED, 'merge')
 
 #: Columns of ``log.csv`` written by the GRPO recipes (besides ``step``); per-function reward columns are added as
 #: ``reward/<function name>``.
@@ -207,9 +235,13 @@ def _last_checkpoint(folder: Path) -> Optional[str]:
 
 def run_grpo(cfg: Dict[str, Any], model: Any, tokenizer: Any, examples: List[Dict[str, Any]],
              reward_funcs: List[Callable[..., List[float]]], output_dir: Path,
-             reward_weights: Optional[List[float]] = None) -> Any:
+             reward_weights: Optional[List[float]] = None, settings: Optional[Dict[str, Any]] = None) -> Any:
     """Runs trl's ``GRPOTrainer`` with LoRA on ``examples``; resumes from the newest checkpoint of
     ``output_dir/checkpoints`` when ``cfg['resume']``; logs to ``output_dir/log.csv``.
+
+    ``settings`` (default ``cfg``) are the settings of the run, recorded in ``output_dir/run_config.json``; a
+    checkpoint written with other settings is not resumed (``ValueError``,
+    :func:`~pyterrier_llmrank.train.common.check_run_config`).
 
     Returns:
         The trained ``PeftModel`` (adapter not merged).
@@ -220,6 +252,8 @@ def run_grpo(cfg: Dict[str, Any], model: Any, tokenizer: Any, examples: List[Dic
 
     ckpt_dir = output_dir / 'checkpoints'
     resume = _last_checkpoint(ckpt_dir) if cfg['resume'] else None
+    check_run_config(output_dir, cfg if settings is None else settings, resuming=resume is not None,
+                     ignore=GRPO_RUN_CONFIG_IGNORED)
     resume_step = int(Path(resume).name.split('-')[-1]) if resume else None
     use_cpu = str(cfg.get('device', 'auto')) == 'cpu' or not torch.cuda.is_available()
     args = GRPOConfig(
@@ -264,9 +298,9 @@ def save_outputs(peft_model: Any, tokenizer: Any, output_dir: Path, merge: bool 
 
 
 def write_reranker_spec(output_dir: Path, base: Any, reranker_class: str, kwargs: Dict[str, Any]) -> None:
-    """Writes ``reranker.json`` (the class and arguments :func:`pyterrier_llmrank.train._recipe.load_reranker`
+    """Writes ``reranker.json`` (the class and arguments :func:`pyterrier_llmrank.train.recipe.load_reranker`
     builds) into ``model/`` and ``adapter/``, and records ``base`` (e.g. the short name) as the adapter's base."""
-    from pyterrier_llmrank.train._recipe import RERANKER_FILE, set_adapter_base
+    from pyterrier_llmrank.train.recipe import RERANKER_FILE, set_adapter_base
     set_adapter_base(output_dir / 'adapter', str(base))
     for sub in ('model', 'adapter'):
         if (output_dir / sub).is_dir():
@@ -313,7 +347,7 @@ def main_rank_r1(config: Dict[str, Any]) -> str:
                                 max_query_tokens=cfg['max_query_tokens'], seed=int(cfg['seed']))
     peft_model = run_grpo(cfg, model, tok, examples, [rank_r1_reward], out)
     folder = save_outputs(peft_model, tok, out, merge=bool(cfg['merge']))
-    write_reranker_spec(out, cfg['model'], 'pyterrier_llmrank.RankR1',
+    write_reranker_spec(out, cfg['model'], 'RankR1',
                         {'max_passage_tokens': cfg['max_passage_tokens'], 'max_query_tokens': cfg['max_query_tokens']})
     (out / 'train_info.json').write_text(json.dumps({'examples': len(examples), 'seconds': time.perf_counter() - start,
                                                      'output': str(folder)}, indent=2) + '\n')

@@ -32,7 +32,8 @@ Outputs (``output_dir``): ``stage1/`` (``checkpoints/``, ``log.csv`` with the re
 merged), ``stage2/`` (``checkpoints/step-<n>``, ``log.csv`` with the losses, ``adapter/``), ``model/`` (the
 final merged model and tokenizer, written by stage 2, or a copy of ``stage1/model`` without stage 2: ``ProRank('<output_dir>/model')`` loads it) and ``config.json``. Restarting the
 same command resumes: a finished stage 1 (``stage1/model``) is not rerun, an interrupted one resumes from its
-newest checkpoint, stage 2 from its newest ``step-<n>``.
+newest checkpoint, stage 2 from its newest ``step-<n>``; a restart with other settings than those a reused stage
+was trained with is refused (``run_config.json`` of each stage).
 """
 from __future__ import annotations
 
@@ -40,14 +41,15 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from pyterrier_llmrank.train._common import (CSVLogger, check_keys, latest_checkpoint, load_checkpoint, lora_config,
-                                             save_checkpoint, set_seed, set_threads, write_json)
-from pyterrier_llmrank.train.grpo import completion_text, load_model, run_grpo, save_outputs, write_reranker_spec
+from pyterrier_llmrank.train.common import (CSVLogger, check_keys, check_run_config, latest_checkpoint, load_checkpoint,
+                                            lora_config, save_checkpoint, set_seed, set_threads, write_json)
+from pyterrier_llmrank.train.grpo import (GRPO_DEFAULTS, GRPO_RUN_CONFIG_IGNORED, completion_text, load_model,
+                                         run_grpo, save_outputs, write_reranker_spec)
 
 __all__ = ['prorank_format_reward', 'prorank_correct_reward', 'prorank_pair_examples', 'prorank_scores',
            'prorank_loss', 'main', 'PRORANK_DEFAULTS', 'PRORANK_ANSWERS']
@@ -55,7 +57,9 @@ __all__ = ['prorank_format_reward', 'prorank_correct_reward', 'prorank_pair_exam
 #: The two answers the ProRank prompt asks for (PRORANK_TASK_PROMPT: "0 for not relevant, 1 for relevant").
 PRORANK_ANSWERS = ('0', '1')
 
-#: Defaults of the ``prorank`` recipe (the paper's hyper-parameters are not public: these are choices).
+#: Defaults of the ``prorank`` recipe. The paper's hyper-parameters and training code are not public: stage 1 takes
+#: the GRPO settings of the Rank-R1 reference (:data:`~pyterrier_llmrank.train.grpo.GRPO_DEFAULTS`), the rest are
+#: choices.
 PRORANK_DEFAULTS: Dict[str, Any] = {
     'model': 'smollm2-135m-instruct',
     'dataset': 'beir-scifact/train',
@@ -65,33 +69,22 @@ PRORANK_DEFAULTS: Dict[str, Any] = {
     'max_queries': None,
     'max_length': 512,  # ProRank(max_length=...): query + document token budget of the prompts
     'instruction': None,
-    'lora_r': 16,
-    'lora_alpha': 32,
-    'lora_dropout': 0.05,
-    'lora_targets': None,  # peft's default (q_proj, v_proj for Llama/Qwen2)
+    'lora_r': GRPO_DEFAULTS['lora_r'],
+    'lora_alpha': GRPO_DEFAULTS['lora_alpha'],
+    'lora_dropout': GRPO_DEFAULTS['lora_dropout'],
+    'lora_targets': GRPO_DEFAULTS['lora_targets'],
     'seed': 42,
     'threads': None,
     'resume': True,
     'device': 'auto',
+    # the GRPO settings of grpo-rank-r1 (GRPO_DEFAULTS, without the LoRA ones above), but one answer token and no
+    # gradient checkpointing
     'stage1': {
         'enabled': True,
         'negatives_per_positive': 1,
-        'learning_rate': 1e-5,
-        'batch_size': 8,
-        'num_generations': 8,
+        **{k: v for k, v in GRPO_DEFAULTS.items() if not k.startswith('lora_')},
         'max_completion_length': 1,  # the answer token ProRank reads
-        'temperature': 0.9,
-        'top_p': 1.0,
-        'beta': 0.04,
-        'loss_type': 'grpo',
-        'scale_rewards': 'group',
-        'gradient_accumulation_steps': 1,
         'gradient_checkpointing': False,
-        'num_train_epochs': 1,
-        'max_steps': -1,
-        'logging_steps': 1,
-        'save_steps': 50,
-        'save_total_limit': 2,
     },
     'stage2': {
         'enabled': True,
@@ -201,6 +194,7 @@ def _stage2(cfg: Dict[str, Any], base: str, groups: List[Dict[str, Any]], out: P
     folder = out / 'stage2'
     start = 0
     ckpt = latest_checkpoint(folder) if cfg['resume'] else None
+    check_run_config(folder, cfg, resuming=ckpt is not None)  # stage 2 depends on every setting
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt, sched)['step']
     columns = ['loss', 'accuracy', 'margin', 'learning_rate', 'seconds']
@@ -283,7 +277,11 @@ def main(config: Dict[str, Any]) -> str:
     base = cfg['model']
     if s1['enabled']:
         stage1 = out / 'stage1'
-        if not (stage1 / 'model' / 'config.json').exists():
+        # stage 1 depends on the settings outside stage2
+        settings1 = {k: v for k, v in cfg.items() if k != 'stage2'}
+        if cfg['resume'] and (stage1 / 'model' / 'config.json').exists():  # finished: reused
+            check_run_config(stage1, settings1, resuming=cfg['resume'], ignore=GRPO_RUN_CONFIG_IGNORED)
+        else:
             start = time.perf_counter()
             model, tok = load_model(base, cfg['device'])
             scorer = ProRank((model, tok), instruction=cfg['instruction'], max_length=int(cfg['max_length']),
@@ -293,9 +291,9 @@ def main(config: Dict[str, Any]) -> str:
                         lora_alpha=cfg['lora_alpha'], lora_dropout=cfg['lora_dropout'],
                         lora_targets=cfg['lora_targets'])
             peft_model = run_grpo(gcfg, model, tok, examples, [prorank_format_reward, prorank_correct_reward],
-                                  stage1, reward_weights=[1.0, 1.0])
+                                  stage1, reward_weights=[1.0, 1.0], settings=settings1)
             save_outputs(peft_model, tok, stage1, merge=True)
-            write_reranker_spec(stage1, base, 'pyterrier_llmrank.ProRank', spec)
+            write_reranker_spec(stage1, base, 'ProRank', spec)
             info['stage1_examples'] = len(examples)
             info['stage1_seconds'] = time.perf_counter() - start
         base = str(stage1 / 'model')
@@ -303,7 +301,7 @@ def main(config: Dict[str, Any]) -> str:
         start = time.perf_counter()
         stage2_groups = [dict(g, negatives=g['negatives'][:int(s2['n_negatives'])]) for g in groups]
         final = _stage2(cfg, base, stage2_groups, out)
-        write_reranker_spec(out / 'stage2', base, 'pyterrier_llmrank.ProRank', spec)
+        write_reranker_spec(out / 'stage2', base, 'ProRank', spec)
         info['stage2_seconds'] = time.perf_counter() - start
     else:
         final = Path(base)
@@ -312,7 +310,7 @@ def main(config: Dict[str, Any]) -> str:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(final, target)
-    write_json(target / 'reranker.json', {'class': 'pyterrier_llmrank.ProRank', 'kwargs': spec})
+    write_json(target / 'reranker.json', {'class': 'ProRank', 'kwargs': spec})
     info['output'] = str(target)
     prev = json.loads((out / 'train_info.json').read_text()) if (out / 'train_info.json').exists() else {}
     prev.update(info)

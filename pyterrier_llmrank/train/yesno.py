@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import model_inputs
 from pyterrier_llmrank.pointwise import YESNO_NO, YESNO_PROMPT, YESNO_YES
-from pyterrier_llmrank.train._loop import train_loop
-from pyterrier_llmrank.train._recipe import add_lora, finish, make_groups, prepare, resolve_config
+from pyterrier_llmrank.train.loop import train_loop
+from pyterrier_llmrank.train.recipe import add_lora, finish, make_groups, prepare, resolve_config
 
 __all__ = ['main_sft', 'main_contrastive', 'YesNoStudent', 'sft_loss', 'infonce_loss', 'YESNO_LORA', 'YESNO_DEFAULTS']
 
@@ -123,7 +123,7 @@ def _run(config: Dict[str, Any], recipe: str) -> str:
     summary.update(groups=len(groups), total_seconds=round(time.time() - t_start, 2))
     if not summary['finished']:
         return str(cfg['output_dir'])
-    return finish(student.peft, student.tokenizer, cfg, summary, 'pyterrier_llmrank.pointwise:YesNo',
+    return finish(student.peft, student.tokenizer, cfg, summary, 'YesNo',
                   student.reranker_kwargs)
 
 

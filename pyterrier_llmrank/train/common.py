@@ -3,29 +3,38 @@
 Configuration files are YAML (``examples/train/*.yaml``), read with PyYAML's ``safe_load``; since YAML is a
 superset of JSON, a JSON file is accepted too. Without PyYAML only JSON files can be read.
 
-Custom training loops (the supervised recipes) checkpoint with :func:`save_checkpoint` /
-:func:`load_checkpoint`: the trainable parameters (the LoRA weights and any head trained with them), the
-optimizer and scheduler states, the random states of Python, NumPy and torch, and the step and any extra
-state of the loop, written atomically in ``<output_dir>/checkpoints/step-<n>/``. Restarting the same command
-resumes from the newest complete checkpoint and, the loop being deterministic, ends with the same weights as
-an uninterrupted run.
+Custom training loops (the supervised recipes, ProRank's stage 2) checkpoint with :func:`save_checkpoint` /
+:func:`load_checkpoint`, written atomically in ``<output_dir>/checkpoints/step-<n>/``:
+
+* ``trainable.safetensors``: the trainable parameters (the LoRA weights and any head trained with them);
+* ``optimizer.pt``: the optimizer and scheduler state dicts (tensors, numbers, lists and dicts only: read back with
+  ``torch.load(..., weights_only=True)``, so a file holding any other pickled object is refused);
+* ``rng.safetensors``: the random states of torch (CPU and CUDA);
+* ``state.json``: the step, the loop's extra state and the random states of Python and NumPy.
+
+No file of a checkpoint is unpickled beyond tensors and plain containers. Restarting the same command resumes from
+the newest complete checkpoint and, the loop being deterministic, ends with the same weights as an uninterrupted
+run. :func:`check_run_config` records the settings of a run next to its checkpoints and refuses to resume a run
+whose settings changed.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 __all__ = ['read_log', 'load_config', 'apply_overrides', 'set_seed', 'CSVLogger', 'save_checkpoint', 'load_checkpoint',
-           'latest_checkpoint', 'lora_config', 'trainable_state', 'set_threads', 'DEFAULT_LORA_TARGETS']
+           'latest_checkpoint', 'lora_config', 'trainable_state', 'set_threads', 'check_keys', 'check_run_config',
+           'write_json', 'DEFAULT_LORA_TARGETS', 'RUN_CONFIG_FILE', 'RUN_CONFIG_IGNORED']
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,7 +44,17 @@ DEFAULT_LORA_TARGETS = ('q_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'd
 
 CHECKPOINTS_DIR = 'checkpoints'
 _CKPT_PREFIX = 'step-'
-_CKPT_FILE = 'state.pt'
+#: The files of a checkpoint folder (``state.json`` last: its presence marks a complete checkpoint).
+_CKPT_FILE = 'state.json'
+_CKPT_WEIGHTS = 'trainable.safetensors'
+_CKPT_OPTIM = 'optimizer.pt'
+_CKPT_RNG = 'rng.safetensors'
+
+#: The file recording the settings of a run (:func:`check_run_config`).
+RUN_CONFIG_FILE = 'run_config.json'
+#: Settings that do not change the result of a run (a resumed run may change them).
+RUN_CONFIG_IGNORED = ('stop_after', 'resume', 'threads', 'verbose', 'save_steps', 'keep_checkpoints', 'output_dir',
+                      'logging_steps', 'save_total_limit')
 
 
 # -------------------------------------------------------------------------------------------- configs
@@ -131,19 +150,28 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _rng_state() -> Dict[str, Any]:
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+def _rng_state() -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """The random states: Python's and NumPy's as JSON-able data, torch's as tensors."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    data = {'python': [version, list(mt), gauss],
+            'numpy': [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]}
+    tensors = {'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+        for i, t in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f'cuda.{i}'] = t
+    return data, tensors
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+def _set_rng_state(data: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> None:
+    version, mt, gauss = data['python']
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = data['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors['torch'])
+    cuda = [tensors[f'cuda.{i}'] for i in range(sum(k.startswith('cuda.') for k in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 # ----------------------------------------------------------------------------------------------- logs
@@ -246,22 +274,27 @@ def save_checkpoint(output_dir: PathLike, step: int, model: torch.nn.Module, opt
         output_dir: The run's output folder (the checkpoint goes to ``checkpoints/step-<step>``).
         step: The number of optimizer steps done.
         model: The model; only its trainable parameters are saved (:func:`trainable_state`).
-        optimizer, scheduler: Saved with ``state_dict()`` when given.
-        extra: Any picklable loop state (e.g. the data order).
+        optimizer, scheduler: Saved with ``state_dict()`` when given (tensors, numbers, lists, dicts).
+        extra: Further loop state, JSON-serialisable (e.g. the data order).
         keep: Older checkpoints beyond this many are deleted.
 
     Returns:
         The checkpoint folder.
     """
+    from safetensors.torch import save_file
     root = Path(output_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     target = root / f'{_CKPT_PREFIX}{step}'
-    state = {'step': step, 'model': trainable_state(model), 'rng': _rng_state(), 'extra': extra or {},
-             'optimizer': optimizer.state_dict() if optimizer is not None else None,
-             'scheduler': scheduler.state_dict() if scheduler is not None else None}
+    rng_data, rng_tensors = _rng_state()
+    state = {'step': int(step), 'extra': extra or {}, 'rng': rng_data}
+    text = json.dumps(state, sort_keys=True)  # fails here, before anything is written, if extra is not JSON
     tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-', dir=root))
     try:
-        torch.save(state, tmp / _CKPT_FILE)
+        save_file({n: t.contiguous() for n, t in trainable_state(model).items()}, str(tmp / _CKPT_WEIGHTS))
+        save_file(rng_tensors, str(tmp / _CKPT_RNG))
+        torch.save({'optimizer': optimizer.state_dict() if optimizer is not None else None,
+                    'scheduler': scheduler.state_dict() if scheduler is not None else None}, tmp / _CKPT_OPTIM)
+        (tmp / _CKPT_FILE).write_text(text + '\n', encoding='utf-8')
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -278,6 +311,8 @@ def load_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: Any = Non
                     restore_rng: bool = True) -> Dict[str, Any]:
     """Restores a checkpoint written by :func:`save_checkpoint` into ``model``, ``optimizer``, ``scheduler``.
 
+    Nothing but tensors and plain containers is unpickled (``torch.load(..., weights_only=True)``).
+
     Args:
         path: The checkpoint folder.
         model, optimizer, scheduler: Restored in place (the model's trainable parameters must match).
@@ -287,24 +322,63 @@ def load_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: Any = Non
         ``{'step': int, 'extra': dict}``.
 
     Raises:
-        ValueError: If the checkpoint's parameters do not match the model's trainable parameters.
+        ValueError: If the checkpoint's parameters do not match the model's trainable parameters, or if
+            ``optimizer.pt`` holds anything but tensors and plain containers.
     """
-    state = torch.load(Path(path) / _CKPT_FILE, map_location='cpu', weights_only=False)
+    from safetensors.torch import load_file
+    folder = Path(path)
+    state = json.loads((folder / _CKPT_FILE).read_text(encoding='utf-8'))
+    weights = load_file(str(folder / _CKPT_WEIGHTS))
+    try:
+        optim = torch.load(folder / _CKPT_OPTIM, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f'{folder / _CKPT_OPTIM} holds objects other than tensors and plain containers; '
+                         f'refusing to unpickle it ({str(e).splitlines()[0]})') from e
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(state['model']):
-        missing, unexpected = sorted(set(params) - set(state['model'])), sorted(set(state['model']) - set(params))
+    if set(params) != set(weights):
+        missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
         raise ValueError(f'checkpoint {path} does not match the model: missing {missing[:5]}, '
                          f'unexpected {unexpected[:5]}')
     with torch.no_grad():
         for n, p in params.items():
-            p.copy_(state['model'][n].to(p.device, p.dtype))
-    if optimizer is not None and state['optimizer'] is not None:
-        optimizer.load_state_dict(state['optimizer'])
-    if scheduler is not None and state['scheduler'] is not None:
-        scheduler.load_state_dict(state['scheduler'])
+            p.copy_(weights[n].to(p.device, p.dtype))
+    if optimizer is not None and optim['optimizer'] is not None:
+        optimizer.load_state_dict(optim['optimizer'])
+    if scheduler is not None and optim['scheduler'] is not None:
+        scheduler.load_state_dict(optim['scheduler'])
     if restore_rng:
-        _set_rng_state(state['rng'])
+        _set_rng_state(state['rng'], load_file(str(folder / _CKPT_RNG)))
     return {'step': int(state['step']), 'extra': state['extra']}
+
+
+def run_settings(cfg: Dict[str, Any], ignore: Sequence[str] = RUN_CONFIG_IGNORED) -> Dict[str, Any]:
+    """The settings of ``cfg`` that determine the result of a run, as JSON data (keys of ``ignore`` left out, also
+    in nested mappings such as ProRank's ``stage1``)."""
+    def strip(d: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in ignore}
+    return json.loads(json.dumps(strip(cfg), sort_keys=True, default=str))
+
+
+def check_run_config(folder: PathLike, cfg: Dict[str, Any], resuming: bool,
+                     ignore: Sequence[str] = RUN_CONFIG_IGNORED) -> None:
+    """Refuses to resume a run whose settings changed, and records the settings of the run.
+
+    The settings (:func:`run_settings`) are written to ``<folder>/run_config.json``. When ``resuming`` (a
+    checkpoint or finished stage of ``folder`` is about to be reused) and that file exists with other settings,
+    nothing is written and a ``ValueError`` names the file and the settings that differ.
+    """
+    path = Path(folder) / RUN_CONFIG_FILE
+    now = run_settings(cfg, ignore)
+    if resuming and path.exists():
+        before = json.loads(path.read_text(encoding='utf-8'))
+        missing = object()
+        diff = sorted(k for k in set(before) | set(now) if before.get(k, missing) != now.get(k, missing))
+        if diff:
+            shown = ', '.join(f'{k}: {before.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in diff[:6])
+            raise ValueError(f'{path}: the checkpoint in {folder} was written with another configuration ({shown}); '
+                             f'use a new output_dir, or resume=false to start over')
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_json(path, now)
 
 
 # ----------------------------------------------------------------------------------------------- LoRA

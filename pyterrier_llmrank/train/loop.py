@@ -6,13 +6,12 @@ step is known in advance and a resumed run sees exactly the batches the uninterr
 Optimizer: AdamW; schedule: linear warm-up over ``warmup_ratio * steps`` then linear decay to 0 (as the
 Hugging Face ``Trainer`` default used by the reference recipes); gradients clipped to ``max_grad_norm``.
 Every ``save_steps`` steps (and at the end, or when ``stop_after`` steps of this invocation are done) the loop
-writes a checkpoint (:func:`~pyterrier_llmrank.train._common.save_checkpoint`); every step it appends a row
-to ``<output_dir>/log.csv``.
+writes a checkpoint (:func:`~pyterrier_llmrank.train.common.save_checkpoint`); every step it appends a row
+to ``<output_dir>/log.csv``. A restart with other settings than those of its checkpoints is refused
+(:func:`~pyterrier_llmrank.train.common.check_run_config`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ import numpy as np
 import pyterrier as pt
 import torch
 
-from pyterrier_llmrank.train._common import (CSVLogger, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                             set_seed)
+from pyterrier_llmrank.train.common import (CSVLogger, check_run_config, latest_checkpoint, load_checkpoint,
+                                            save_checkpoint, set_seed)
 
-__all__ = ['LOOP_DEFAULTS', 'train_loop', 'batch_indices', 'used_groups', 'config_fingerprint']
+__all__ = ['LOOP_DEFAULTS', 'train_loop', 'batch_indices', 'used_groups']
 
 #: Loop settings of every supervised recipe and their defaults.
 LOOP_DEFAULTS: Dict[str, Any] = {
@@ -34,13 +33,6 @@ LOOP_DEFAULTS: Dict[str, Any] = {
 }
 
 LOSS = Callable[[List[Dict[str, Any]]], Tuple[torch.Tensor, Dict[str, float]]]
-
-
-def config_fingerprint(cfg: Dict[str, Any], ignore: Sequence[str] = ('stop_after', 'resume', 'threads', 'verbose',
-                                                                      'save_steps', 'keep_checkpoints')) -> str:
-    """A hash of the settings that determine the result (checked when resuming)."""
-    kept = {k: v for k, v in cfg.items() if k not in ignore}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def batch_indices(n: int, seed: int, step: int, micro: int, batch_size: int, grad_accum: int) -> List[int]:
@@ -102,16 +94,13 @@ def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LO
     optimizer = torch.optim.AdamW(params, lr=float(opts['lr']), weight_decay=float(opts['weight_decay']))
     warmup = int(math.ceil(float(opts['warmup_ratio']) * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, warmup))
-    fingerprint = config_fingerprint(cfg)
 
     set_seed(seed)
     start, resumed_from = 0, None
     ckpt = latest_checkpoint(out) if opts['resume'] else None
+    check_run_config(out, cfg, resuming=ckpt is not None)  # refuses a checkpoint of other settings
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        if state['extra'].get('fingerprint') != fingerprint:
-            raise ValueError(f'{ckpt} was written with another configuration; use a new output_dir or resume=false')
-        start, resumed_from = state['step'], str(ckpt)
+        start, resumed_from = load_checkpoint(ckpt, model, optimizer, scheduler)['step'], str(ckpt)
     logger = CSVLogger(out / 'log.csv', ['loss', 'lr', *log_columns, 'seconds'], resume_step=start)
 
     model.train()
@@ -141,8 +130,7 @@ def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LO
         bar.set_postfix(loss=f'{total:.4f}')
         done = step + 1
         if done % int(opts['save_steps']) == 0 or done == end:
-            save_checkpoint(out, done, model, optimizer, scheduler, extra={'fingerprint': fingerprint},
-                            keep=int(opts['keep_checkpoints']))
+            save_checkpoint(out, done, model, optimizer, scheduler, keep=int(opts['keep_checkpoints']))
     bar.close()
     model.eval()
     done = end if end > start else start

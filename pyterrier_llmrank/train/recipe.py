@@ -1,4 +1,9 @@
-"""Pieces shared by the supervised recipes: config defaults, training groups, LoRA models, output folders."""
+"""Pieces shared by the recipes: config defaults, training groups, LoRA models, output folders and their loading.
+
+An output folder names the reranker it loads into in ``reranker.json`` (``{"class": name, "kwargs": {...}}``);
+:func:`load_reranker` builds only the toolkit's own rerankers (:data:`RERANKERS`) and refuses any other class
+name, so that loading a folder never imports or calls code the folder chooses.
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,10 +13,10 @@ from typing import Any, Dict, List
 
 import torch
 
-from pyterrier_llmrank.train._common import check_keys, lora_config, set_seed, set_threads, write_json
-from pyterrier_llmrank.train._loop import LOOP_DEFAULTS
+from pyterrier_llmrank.train.common import check_keys, lora_config, set_seed, set_threads, write_json
+from pyterrier_llmrank.train.loop import LOOP_DEFAULTS
 
-#: Settings every supervised recipe reads (besides its own and :data:`~._loop.LOOP_DEFAULTS`).
+#: Settings every supervised recipe reads (besides its own and :data:`~.loop.LOOP_DEFAULTS`).
 COMMON_DEFAULTS: Dict[str, Any] = {
     'model': 'smollm2-135m-instruct', 'dataset': 'beir-scifact/train', 'output_dir': None, 'seed': 42,
     'n_negatives': 7, 'negatives': 'bm25', 'depth': 100, 'max_queries': None, 'threads': None, 'verbose': True,
@@ -20,6 +25,22 @@ COMMON_DEFAULTS: Dict[str, Any] = {
 
 #: The file of an output folder naming the reranker class and the arguments it loads with.
 RERANKER_FILE = 'reranker.json'
+
+#: The reranker classes a ``reranker.json`` may name: name -> ``module:Class`` of this toolkit (imported on use).
+RERANKERS: Dict[str, str] = {
+    'DeARPointwise': 'pyterrier_llmrank.pointwise:DeARPointwise',
+    'YesNo': 'pyterrier_llmrank.pointwise:YesNo',
+    'ProRank': 'pyterrier_llmrank.pointwise:ProRank',
+    'RankR1': 'pyterrier_llmrank.setwise:RankR1',
+    'Setwise': 'pyterrier_llmrank.setwise:Setwise',
+    'IDCM': 'pyterrier_llmrank.idcm:IDCM',
+    'UPR': 'pyterrier_llmrank.upr:UPR',
+    'MonoT5': 'pyterrier_llmrank.monot5:MonoT5',
+    'DuoT5': 'pyterrier_llmrank.monot5:DuoT5',
+    'RankGPT': 'pyterrier_llmrank.listwise:RankGPT',
+    'DeARListwise': 'pyterrier_llmrank.listwise:DeARListwise',
+    'ICR': 'pyterrier_llmrank.icr:ICR',
+}
 
 
 def resolve_config(cfg: Dict[str, Any], recipe: str, defaults: Dict[str, Any]) -> Dict[str, Any]:
@@ -89,16 +110,43 @@ def set_adapter_base(folder: Any, base: str) -> None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
 
 
+def reranker_class(name: str, source: Any = RERANKER_FILE) -> Any:
+    """The toolkit reranker class registered as ``name`` in :data:`RERANKERS`.
+
+    ``name`` is a registered name (``'DeARPointwise'``); the spellings of older folders, ``'pyterrier_llmrank.Name'``
+    and ``'module:Name'`` as registered, are accepted too.
+
+    Raises:
+        ValueError: naming ``source`` and the class, for any other name (nothing is imported).
+    """
+    key = name if isinstance(name, str) else ''
+    if key.startswith('pyterrier_llmrank.') and ':' not in key and key.count('.') == 1:
+        key = key.split('.', 1)[1]
+    elif ':' in key:
+        key = next((k for k, v in RERANKERS.items() if v == key), '')
+    if key not in RERANKERS:
+        raise ValueError(f'{source}: reranker class {name!r} is not one of the toolkit\'s rerankers '
+                         f'({", ".join(RERANKERS)}); refusing to load it')
+    module, cls = RERANKERS[key].split(':')
+    return getattr(importlib.import_module(module), cls)
+
+
 def load_reranker(folder: str, **overrides: Any) -> Any:
     """The reranker of a trained output folder, built with the arguments it was trained for.
 
     Args:
-        folder: An output folder of ``distill``, ``sft`` or ``contrastive``.
+        folder: An output folder of a recipe (it holds ``reranker.json``).
         **overrides: Further reranker arguments (``batch_size``, ``device``, ...).
+
+    Raises:
+        ValueError: If ``reranker.json`` names a class that is not one of :data:`RERANKERS`, or is malformed.
     """
-    spec = json.loads((Path(folder) / RERANKER_FILE).read_text())
-    cls = import_object(spec['class'])
-    return cls(str(folder), **{**spec['kwargs'], **overrides})
+    path = Path(folder) / RERANKER_FILE
+    spec = json.loads(path.read_text(encoding='utf-8'))
+    if not isinstance(spec, dict) or not isinstance(spec.get('kwargs', {}), dict):
+        raise ValueError(f'{path}: expected {{"class": name, "kwargs": {{...}}}}, got {spec!r}')
+    cls = reranker_class(spec.get('class'), path)
+    return cls(str(folder), **{**spec.get('kwargs', {}), **overrides})
 
 
 def prepare(cfg: Dict[str, Any]) -> None:
