@@ -31,16 +31,20 @@ class ChatPrompt:
     """One chat prompt: a list of ``{'role', 'content'}`` messages, and text that starts the assistant's answer.
 
     ``prefix`` is appended after the chat template's generation prompt (e.g. ``' Passage:'`` in Setwise) and is
-    part of the prompt, not of the generated text.
+    part of the prompt, not of the generated text. ``add_special_tokens`` tokenizes the rendered text with the
+    tokenizer's special tokens (a second BOS on tokenizers that add one), for rerankers whose reference code
+    tokenizes the rendered template with default settings (Setwise); by default the template alone writes them.
     """
 
     messages: Tuple[Tuple[str, str], ...]
     prefix: str = ''
+    add_special_tokens: bool = False
 
     @classmethod
-    def of(cls, messages: Sequence[Mapping[str, str]], prefix: str = '') -> 'ChatPrompt':
+    def of(cls, messages: Sequence[Mapping[str, str]], prefix: str = '',
+           add_special_tokens: bool = False) -> 'ChatPrompt':
         """Build from a list of message dicts."""
-        return cls(tuple((m['role'], m['content']) for m in messages), prefix)
+        return cls(tuple((m['role'], m['content']) for m in messages), prefix, add_special_tokens)
 
     def as_dicts(self) -> List[Dict[str, str]]:
         """The messages as the ``[{'role': ..., 'content': ...}]`` list chat templates take."""
@@ -125,7 +129,8 @@ class HFGenerationBackend(GenerationBackend):
     """Hugging Face ``generate`` over batches of chat prompts.
 
     Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``), tokenized without
-    added special tokens (the template writes them), sorted by length and left-padded in batches of
+    added special tokens (the template writes them; with them when the prompt's ``add_special_tokens`` asks, as
+    Setwise's reference does), sorted by length and left-padded in batches of
     ``batch_size``; position ids follow the attention mask, so a prompt's answer does not depend on its batch
     (up to floating-point noise). Generation stops at the EOS token(s) of the model and at the chat template's
     end-of-turn token.
@@ -158,8 +163,8 @@ class HFGenerationBackend(GenerationBackend):
         self.stop_ids = sorted(int(s) for s in stops)
 
     def encode(self, prompt: ChatPrompt) -> List[int]:
-        """Token ids of a prompt (chat template + prefix)."""
-        return self.tokenizer(prompt.render(self.tokenizer), add_special_tokens=False)['input_ids']
+        """Token ids of a prompt (chat template + prefix; special tokens added when the prompt asks for them)."""
+        return self.tokenizer(prompt.render(self.tokenizer), add_special_tokens=prompt.add_special_tokens)['input_ids']
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,

@@ -15,6 +15,7 @@ its scores for a pair change with the pair's batch mates. Inputs are scored in b
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from typing import Any, List, Sequence, Tuple
@@ -28,7 +29,8 @@ from torch.nn import functional as F
 from pyterrier_llmrank import models
 from pyterrier_llmrank.base import OneOf, PointwiseReranker, QueryCandidates, QueryReranker
 
-__all__ = ['MonoT5', 'DuoT5', 'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
+__all__ = ['MonoT5', 'DuoT5', 't5_tokenizer_source', 'load_t5_tokenizer', 'DEFAULT_T5_TOKENIZER', 'T5_TOKENIZER_FILES',
+           'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
            'DUOT5_DOC1_TEMPLATE', 'DUOT5_SUFFIX', 'TRUE_TOKEN', 'FALSE_TOKEN', 't5_true_logprobs']
 
 # Input templates and target words of castorini's monoT5/duoT5 checkpoints, as pyterrier-t5 writes them
@@ -44,6 +46,39 @@ FALSE_TOKEN = 'false'
 
 #: pyterrier-t5 warns above this many documents per query (DuoT5 is quadratic in it).
 DUOT5_WARN_DOCS = 50
+
+#: pyterrier-t5's default tokenizer (``tok_model='t5-base'``), used when the model folder has none.
+DEFAULT_T5_TOKENIZER = 't5-base'
+#: Files that give a model folder its own tokenizer (castorini's monoT5/duoT5 folders ship only ``spiece.model``,
+#: which transformers converts with its SentencePiece converter; that needs ``protobuf``).
+T5_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'spiece.model')
+
+
+def t5_tokenizer_source(tok_model: Any, model: Any) -> str:
+    """Where the tokenizer of a T5 reranker comes from: ``tok_model`` when given; else the model folder when it
+    holds one of :data:`T5_TOKENIZER_FILES`; else :data:`DEFAULT_T5_TOKENIZER` (pyterrier-t5's default)."""
+    if tok_model is not None:
+        return models.resolve_model_path(tok_model)
+    path = models.resolve_model_path(model)
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in T5_TOKENIZER_FILES):
+        return path
+    return DEFAULT_T5_TOKENIZER
+
+
+def load_t5_tokenizer(tok_model: Any, model: Any) -> Any:
+    """The tokenizer chosen by :func:`t5_tokenizer_source`, with an error that says what was looked for."""
+    from transformers import AutoTokenizer
+    source = t5_tokenizer_source(tok_model, model)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        if tok_model is not None:
+            looked = f'tok_model={str(tok_model)!r}'
+        else:
+            looked = (f'the model {str(model)!r} has none of {", ".join(T5_TOKENIZER_FILES)}, so the default '
+                      f'tok_model={DEFAULT_T5_TOKENIZER!r} was tried')
+        raise OSError(f'no T5 tokenizer could be loaded: {looked} (a hub name needs the network or the Hugging Face '
+                      f'cache; pass tok_model= a local folder with a tokenizer); cause: {e}') from e
 
 
 def _chop_eos(ids: List[int], eos: Any) -> List[int]:
@@ -90,9 +125,10 @@ class _T5Mixin:
     """Model loading, target ids and repr shared by MonoT5 and DuoT5."""
 
     def _load(self, tok_model: Any, model: Any, device: Any, dtype: Any) -> None:
-        tokenizer = None if isinstance(model, (tuple, models.LoadedModel)) else models.resolve_model_path(tok_model)
+        given = isinstance(model, (tuple, models.LoadedModel))
+        tokenizer = None if given else load_t5_tokenizer(tok_model, model)
         self._use_model(models.load_seq2seq_lm, model, device=device, dtype=dtype, tokenizer=tokenizer)
-        self.tok_model = None if isinstance(model, (tuple, models.LoadedModel)) else str(tok_model)
+        self.tok_model = None if given else t5_tokenizer_source(tok_model, model)
         # pyterrier-t5: self.REL = tokenizer.encode('true')[0]; self.NREL = tokenizer.encode('false')[0]
         self.REL = self.tokenizer.encode(TRUE_TOKEN)[0]
         self.NREL = self.tokenizer.encode(FALSE_TOKEN)[0]
@@ -124,7 +160,9 @@ class MonoT5(_T5Mixin, PointwiseReranker):
     ``batch_size=1`` and do not depend on the batch size (see the module docstring).
 
     Args:
-        tok_model: tokenizer name or folder (ignored when ``model`` is a ``(model, tokenizer)`` pair).
+        tok_model: tokenizer name or folder; ``None``: the model folder's own tokenizer when it has one
+            (``tokenizer.json``, ``tokenizer_config.json`` or ``spiece.model``), else ``'t5-base'`` as pyterrier-t5
+            (ignored when ``model`` is a ``(model, tokenizer)`` pair).
         model: hub name, local folder or ``(model, tokenizer)`` pair.
         batch_size: sequences per forward pass (sorted by length, so larger batches waste little padding).
         text_field: column holding the document text.
@@ -140,7 +178,7 @@ class MonoT5(_T5Mixin, PointwiseReranker):
 
     label = 'MonoT5'
 
-    def __init__(self, tok_model: Any = 't5-base', model: Any = 'castorini/monot5-base-msmarco', batch_size: int = 16,
+    def __init__(self, tok_model: Any = None, model: Any = 'castorini/monot5-base-msmarco', batch_size: int = 16,
                  text_field: str = 'text', device: Any = 'auto', verbose: bool = False, dtype: Any = 'auto') -> None:
         super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)
         self._load(tok_model, model, device, dtype)
@@ -182,7 +220,9 @@ class DuoT5(_T5Mixin, QueryReranker):
     pyterrier-t5 would add the copies' scores together.
 
     Args:
-        tok_model: tokenizer name or folder (ignored when ``model`` is a ``(model, tokenizer)`` pair).
+        tok_model: tokenizer name or folder; ``None``: the model folder's own tokenizer when it has one
+            (``tokenizer.json``, ``tokenizer_config.json`` or ``spiece.model``), else ``'t5-base'`` as pyterrier-t5
+            (ignored when ``model`` is a ``(model, tokenizer)`` pair).
         model: hub name, local folder or ``(model, tokenizer)`` pair.
         batch_size: pairs per forward pass.
         text_field: column holding the document text.
@@ -199,7 +239,7 @@ class DuoT5(_T5Mixin, QueryReranker):
     label = 'DuoT5'
     ARGUMENTS = {'agg': OneOf('sum')}
 
-    def __init__(self, tok_model: Any = 't5-base', model: Any = 'castorini/duot5-base-msmarco', batch_size: int = 16,
+    def __init__(self, tok_model: Any = None, model: Any = 'castorini/duot5-base-msmarco', batch_size: int = 16,
                  text_field: str = 'text', device: Any = 'auto', verbose: bool = False, agg: str = 'sum',
                  dtype: Any = 'auto') -> None:
         super().__init__(text_field=text_field, batch_size=batch_size, verbose=verbose)

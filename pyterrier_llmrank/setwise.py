@@ -64,8 +64,18 @@ class Setwise(GenerativeReranker):
 
     Prompt (:data:`SETWISE_PROMPT`): one user turn with the passages labelled ``Passage A: "..."`` ...; the
     assistant's answer is started with ``" Passage:"`` and one token is generated, as the reference's causal
-    (Llama) path. Passages are cut to ``max_passage_tokens`` tokens (512) and the query to ``max_query_tokens``
-    (32), as the Rank-R1 runs of the reference (``--passage_length 512 --query_length 32``).
+    (Llama) path. Defaults are those of the reference's ``run.py`` for Setwise (ielab/llm-rankers @b36517b:
+    ``--num_child 3``, ``--k 10``, ``--passage_length 128``, ``--query_length 128``): 3 children per node (4
+    documents per prompt), passages cut to ``max_passage_tokens`` tokens (128) and the query to
+    ``max_query_tokens`` (128). :class:`RankR1` keeps Rank-R1's own (19 children, 512 and 32 tokens).
+
+    Tokenization (a quirk kept on purpose): the reference renders the chat template to text and tokenizes that
+    text with the tokenizer's default settings (``tokenizer(prompt)``), so a tokenizer that adds BOS
+    (Llama-2/3, Mistral) puts a second BOS in front of the one the template writes. The prompts here are
+    tokenized the same way (``ChatPrompt.add_special_tokens=True``), so that the model reads the reference's
+    token ids and gives its answers; the doubled BOS is what the published Setwise runs fed their models, and
+    removing it would change the answers of those models. Tokenizers that add no BOS (SmolLM2, Qwen) are not
+    affected.
 
     Parse rule (the reference's): the answer, stripped and upper-cased, must be one of the labels shown; otherwise
     it is counted ``unparsable`` and the parent stays in place (no swap). Nothing is ever "repaired".
@@ -87,11 +97,11 @@ class Setwise(GenerativeReranker):
     Args:
         model: a hub name / local folder / short name / ``(model, tokenizer)`` pair, or a
             :class:`~pyterrier_llmrank.GenerationBackend`.
-        num_child: children per heap node (a prompt holds up to ``num_child + 1`` documents; at most 22).
+        num_child: children per heap node (3; a prompt holds up to ``num_child + 1`` documents; at most 22).
         k: documents fully sorted at the top (10).
         shuffle: shuffle the documents of every comparison (seeded).
         seed: seed of the shuffles.
-        max_passage_tokens, max_query_tokens: truncation in the model's tokens (512, 32).
+        max_passage_tokens, max_query_tokens: truncation in the model's tokens (128, 128; ``None``: none).
         max_new_tokens: tokens generated per comparison (1, as the reference).
         text_field, batch_size, verbose, device, dtype: as every reranker.
     """
@@ -99,10 +109,11 @@ class Setwise(GenerativeReranker):
     label = 'Setwise'
     _labels: Sequence[str] = SETWISE_LABELS
 
-    def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 19, k: int = 10,
-                 shuffle: bool = False, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 512,
-                 max_query_tokens: Optional[int] = 32, max_new_tokens: int = 1, text_field: str = 'text',
-                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+    def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 3, k: int = 10,
+                 shuffle: bool = False, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 128,
+                 max_query_tokens: Optional[int] = 128, max_new_tokens: int = 1, text_field: str = 'text',
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
+                 dtype: Any = 'auto') -> None:
         if not 1 <= num_child <= len(self._labels) - 1:
             raise ValueError(f'num_child must be between 1 and {len(self._labels) - 1} (the labels available)')
         if k < 1:
@@ -125,7 +136,7 @@ class Setwise(GenerativeReranker):
         passages = SETWISE_PASSAGE_SEPARATOR.join(
             SETWISE_PASSAGE.format(label=self._labels[i], text=t) for i, t in enumerate(texts))
         return ChatPrompt.of([{'role': 'user', 'content': SETWISE_PROMPT.format(query=query, passages=passages)}],
-                             prefix=SETWISE_ASSISTANT_PREFIX)
+                             prefix=SETWISE_ASSISTANT_PREFIX, add_special_tokens=True)
 
     def parse(self, text: str, n: int) -> Optional[int]:
         """The 0-based position chosen by an answer, or ``None`` when it is not one of the ``n`` labels shown."""
@@ -184,7 +195,8 @@ class Setwise(GenerativeReranker):
 class RankR1(Setwise):
     """Rank-R1: setwise heapsort with a reasoning prompt (Zhuang et al., 2025; ielab/llm-rankers ``Rank-R1/``).
 
-    The heapsort of :class:`Setwise` (``num_child=19``: up to 20 documents per prompt, ``k=10``) with the v0.1
+    The heapsort of :class:`Setwise` with Rank-R1's settings (``Rank-R1/README.md``: ``--num_child 19``, up to 20
+    documents per prompt, ``--k 10``, ``--passage_length 512``, ``--query_length 32``) and the v0.1
     Rank-R1 prompts (:data:`RANKR1_SYSTEM`, :data:`RANKR1_USER`; documents labelled ``[1] text`` ... joined by
     newlines). The model is asked to reason in ``<think> </think>`` and answer ``<answer>[i]</answer>``; the answer
     is read with the reference's regex :data:`RANKR1_PATTERN` on the lower-cased completion and must be exactly

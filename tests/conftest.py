@@ -46,6 +46,13 @@ def tiny_t5(tiny_models_dir):
 
 
 @pytest.fixture(scope='session')
+def tiny_t5_spiece(tiny_models_dir):
+    """Folder of a tiny T5 as castorini ships monoT5: only ``spiece.model``, ``config.json`` and the weights."""
+    from tiny_models import build_tiny_t5_spiece
+    return build_tiny_t5_spiece(tiny_models_dir / 't5-spiece')
+
+
+@pytest.fixture(scope='session')
 def tiny_bert(tiny_models_dir):
     """Tiny BertForSequenceClassification (hidden 64, 2 layers, 1 label) + trained WordPiece BertTokenizerFast."""
     from tiny_models import build_tiny_bert

@@ -272,7 +272,7 @@ def test_reprs():
     assert repr(RankGPT(ScriptedBackend([]))) == "RankGPT('scripted', window=20, step=10, depth=100)"
     assert repr(DeARListwise(ScriptedBackend([]), sample=True)) == \
         "DeARListwise('scripted', window=20, step=10, depth=30, sample=True)"
-    assert repr(Setwise(ScriptedBackend([]))) == "Setwise('scripted', num_child=19, k=10, shuffle=False)"
+    assert repr(Setwise(ScriptedBackend([]))) == "Setwise('scripted', num_child=3, k=10, shuffle=False)"
     assert repr(RankR1(ScriptedBackend([]))) == "RankR1('scripted', num_child=19, k=10, shuffle=True)"
 
 

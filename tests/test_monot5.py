@@ -1,4 +1,5 @@
 """MonoT5 / DuoT5 against pyterrier-t5 on a tiny random T5 (real tokenizer) and real TREC DL 2019 passages."""
+import os
 import warnings
 
 import numpy as np
@@ -9,7 +10,11 @@ import torch
 from pyterrier_llmrank import datasets
 from pyterrier_llmrank.monot5 import DUOT5_SUFFIX, MONOT5_SUFFIX, DuoT5, MonoT5
 
-pyterrier_t5 = pytest.importorskip('pyterrier_t5')
+try:  # the reference of the equality claims: missing, the tests fail (never skip)
+    import pyterrier_t5
+except ImportError as e:
+    raise ImportError('pyterrier-t5, the reference of these equality tests, is not installed: '
+                      'pip install pyterrier-t5==0.3.0') from e
 
 N_QUERIES, N_DOCS = 3, 10
 
@@ -185,3 +190,85 @@ def test_repr_and_schematic(tiny_t5):
         warnings.simplefilter('ignore')
         with pytest.raises(ValueError):
             DuoT5(model=tiny_t5.pair, agg='max')
+
+
+# -- checkpoints as castorini ships them: spiece.model only ---------------------------------------------------
+
+def test_spiece_only_folder_loads_its_own_tokenizer_and_equals_pyterrier_t5(tiny_t5_spiece, dl19):
+    """castorini's monoT5 folders hold only ``spiece.model``: ``MonoT5(model=folder)`` takes the folder's tokenizer
+    (not 't5-base', which is not reachable offline), converted by transformers' SentencePiece converter."""
+    import os
+    assert sorted(os.listdir(tiny_t5_spiece)) == ['config.json', 'model.safetensors', 'spiece.model']
+    mono = MonoT5(model=tiny_t5_spiece, batch_size=8, device='cpu', dtype='float32')
+    assert mono.tok_model == tiny_t5_spiece
+    inp = dl19[dl19['docno'] != 'LONG']
+    ref = pyterrier_t5.MonoT5ReRanker(tok_model=tiny_t5_spiece, model=tiny_t5_spiece, batch_size=1, verbose=False)
+    a, b = _by_key(mono(inp)), _by_key(ref(inp))
+    np.testing.assert_allclose(a['score'].values, b['score'].values, atol=1e-5, rtol=0)
+    assert a['score'].std() > 1e-3
+    duo = DuoT5(model=tiny_t5_spiece, device='cpu', dtype='float32')
+    assert duo.tok_model == tiny_t5_spiece
+
+
+def test_spiece_only_folder_needs_protobuf(tiny_t5_spiece):
+    """Why protobuf is a dependency: without it transformers 5 cannot convert ``spiece.model`` and falls back to a
+    tiktoken reader that fails on the file (run in a child process with ``google.protobuf`` made unimportable)."""
+    import subprocess
+    import sys
+    import google.protobuf  # noqa: F401  (declared in install_requires)
+    code = ('import sys\n'
+            'class Block:\n'
+            '    def find_spec(self, name, path=None, target=None):\n'
+            '        if name.startswith("google.protobuf"): raise ImportError("protobuf blocked")\n'
+            'sys.meta_path.insert(0, Block())\n'
+            'from transformers import AutoTokenizer\n'
+            f'AutoTokenizer.from_pretrained({tiny_t5_spiece!r})\n')
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert res.returncode != 0
+    assert 'TikToken' in res.stderr or 'tiktoken' in res.stderr
+
+
+def test_folder_without_tokenizer_error_names_what_was_looked_for(tiny_t5, tmp_path):
+    """A model folder with no tokenizer file and the default tok_model ('t5-base', not reachable offline): the error
+    names the folder, the files looked for and 't5-base'."""
+    folder = tmp_path / 'weights-only'
+    tiny_t5.model.save_pretrained(folder)
+    with pytest.raises(OSError) as err:
+        MonoT5(model=str(folder), device='cpu')
+    msg = str(err.value)
+    assert str(folder) in msg and 't5-base' in msg and 'spiece.model' in msg
+    with pytest.raises(OSError, match='tok_model=.*no-such-tokenizer'):
+        MonoT5(tok_model=str(tmp_path / 'no-such-tokenizer'), model=str(folder), device='cpu')
+    # an explicit tok_model is used as given
+    assert MonoT5(tok_model=tiny_t5.path, model=str(folder), device='cpu').tok_model == tiny_t5.path
+
+
+def _hard_passages(n):
+    """DL19 passages (not among the tokenizer's training lines) with non-ASCII characters, digits and punctuation."""
+    import string
+    from tiny_models import corpus_lines
+    lines = corpus_lines(20000)[2000:]
+    hard = [t for t in lines if any(ord(c) > 127 for c in t) and any(c.isdigit() for c in t)
+            and any(c in string.punctuation for c in t)]
+    assert len(hard) >= n, len(hard)
+    return list(hard[:n])
+
+
+def test_fast_tokenizer_equals_sentencepiece_and_pyterrier_t5(tiny_t5_spiece):
+    """MonoT5's tokenizer (transformers' converted fast tokenizer) gives the ids of pyterrier-t5's ``T5Tokenizer``
+    and of SentencePiece itself (what the slow T5Tokenizer wrapped), EOS appended, on real passages with accents,
+    non-Latin characters, digits and punctuation."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+    ours = MonoT5(model=tiny_t5_spiece, device='cpu').tokenizer
+    theirs = T5Tokenizer.from_pretrained(tiny_t5_spiece)  # what pyterrier-t5's MonoT5ReRanker loads
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tiny_t5_spiece, 'spiece.model'))
+    texts = _hard_passages(50) + ['Query: café 1,234.5 — “quoted” naïve £20 Ⅻ ½ ﬁne  double  space\ttab\nnewline',
+                                  'Query: what is 3½% of ¥1,000? Document: ①②③ Relevant:']
+    for text in texts:
+        ids = ours(text)['input_ids']
+        assert ids == theirs(text)['input_ids'], text
+        assert ids == sp.encode(text) + [sp.eos_id()], text
+    unk = sum(ours(t)['input_ids'].count(ours.unk_token_id) for t in texts)
+    assert unk < sum(len(ours(t)['input_ids']) for t in texts) / 10  # the texts are mostly covered, not all <unk>

@@ -32,7 +32,7 @@ from typing import Any, List, NamedTuple, Optional, Union
 
 import torch
 
-__all__ = ['TinyModel', 'corpus_lines', 'train_t5_tokenizer', 'train_wordpiece_tokenizer', 'train_bpe_tokenizer',
+__all__ = ['TinyModel', 'corpus_lines', 'train_t5_spiece', 'train_t5_tokenizer', 'build_tiny_t5_spiece', 'train_wordpiece_tokenizer', 'train_bpe_tokenizer',
            'build_tiny_t5', 'build_tiny_bert', 'build_tiny_distilbert', 'build_tiny_llama']
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,21 +87,28 @@ def _finish(model: Any, tokenizer: Any, folder: Union[str, os.PathLike]) -> Tiny
 
 # ----------------------------------------------------------------------------------------------- T5
 
-def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
-    """Train a SentencePiece unigram model and wrap it as a ``T5Tokenizer`` (with 100 sentinel tokens).
-
-    The pieces are handed to ``T5Tokenizer(vocab=...)`` directly (reading a ``spiece.model`` file needs
-    protobuf, which the environment lacks); the identity normalisation makes the two tokenize alike.
-    """
+def train_t5_spiece(vocab_size: int = 2000, n_lines: int = 2000, normalization: str = 'identity') -> bytes:
+    """Train a SentencePiece unigram model as T5's (pad 0, EOS 1, unk 2, no BOS; :data:`T5_USER_PIECES` whole;
+    ``normalization``: a SentencePiece rule, ``'nmt_nfkc'`` as T5's own) and return its ``spiece.model`` bytes."""
     import sentencepiece as spm
-    from transformers import T5Tokenizer
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus_lines(n_lines)), model_writer=proto, vocab_size=vocab_size,
         model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        normalization_rule_name='identity', user_defined_symbols=T5_USER_PIECES, input_sentence_size=0,
+        normalization_rule_name=normalization, user_defined_symbols=T5_USER_PIECES, input_sentence_size=0,
         num_threads=1, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    return proto.getvalue()
+
+
+def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+    """Train a SentencePiece unigram model and wrap it as a ``T5Tokenizer`` (with 100 sentinel tokens).
+
+    The pieces are handed to ``T5Tokenizer(vocab=...)`` directly; the identity normalisation makes the two
+    tokenize alike. (:func:`build_tiny_t5_spiece` makes the other form, a folder with only ``spiece.model``.)
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+    sp = spm.SentencePieceProcessor(model_proto=train_t5_spiece(vocab_size, n_lines))
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tok = T5Tokenizer(vocab=vocab)
     ids = [tok.encode(w, add_special_tokens=False) for w in ('true', 'false')]
@@ -127,6 +134,31 @@ def build_tiny_t5(folder: Union[str, os.PathLike], tokenizer: Any = None, *, d_m
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)
     return _finish(model, tok, folder)
+
+
+def build_tiny_t5_spiece(folder: Union[str, os.PathLike], *, d_model: int = 64, num_layers: int = 2,
+                         num_heads: int = 4, seed: int = 0) -> str:
+    """A folder as castorini's monoT5 checkpoints ship it: ``spiece.model``, ``config.json`` and the weights, and no
+    other tokenizer file (loading its tokenizer needs transformers' SentencePiece converter, hence protobuf).
+
+    The SentencePiece model normalises with ``nmt_nfkc`` as T5's does; the vocabulary is its pieces plus T5's 100
+    sentinels. Returns the folder.
+    """
+    import sentencepiece as spm
+    from transformers import T5Config, T5ForConditionalGeneration
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = train_t5_spiece(normalization='nmt_nfkc')
+    n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    config = T5Config(vocab_size=n + 100, d_model=d_model, d_kv=d_model // num_heads, d_ff=2 * d_model,
+                      num_layers=num_layers, num_heads=num_heads, n_positions=512, dropout_rate=0.0,
+                      feed_forward_proj='relu', pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    (folder / 'generation_config.json').unlink(missing_ok=True)
+    (folder / 'spiece.model').write_bytes(proto)
+    return str(folder)
 
 
 # --------------------------------------------------------------------------------------- BERT family
