@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,8 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 __all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
-           'validate_rerank_input', 'empty_result', 'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast']
+           'validate_rerank_input', 'empty_result', 'require_values', 'text_values', 'missing_rows',
+           'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast']
 
 
 class EfficiencyStats:
@@ -111,6 +112,39 @@ def validate_rerank_input(inp: pd.DataFrame, text_field: str, extra: Iterable[st
     pta.validate.result_frame(inp, extra_columns=['query', text_field, *extra])
 
 
+def missing_rows(inp: pd.DataFrame, column: str) -> List[int]:
+    """Positions of the rows whose ``column`` is missing (NaN / None / NA)."""
+    return np.flatnonzero(inp[column].isna().to_numpy()).tolist()
+
+
+def require_values(inp: pd.DataFrame, columns: Iterable[str], who: str) -> None:
+    """Raise a ``ValueError`` naming the column and rows when a required column has missing values."""
+    for column in columns:
+        if column in inp.columns:
+            rows = missing_rows(inp, column)
+            if rows:
+                raise ValueError(f'{who}: column {column!r} is missing (NaN/None) in {len(rows)} row(s) '
+                                 f'(positions {rows[:10]}{" ..." if len(rows) > 10 else ""}); every row needs a '
+                                 f'{column}')
+
+
+def text_values(inp: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """``inp`` with the text ``columns`` made strings: a missing value (NaN/None) becomes ``''``, any other
+    non-string its ``str``. The toolkit's rule for missing texts: a document without text is scored as an empty
+    document; no model ever reads the word "nan"."""
+    out = None
+    for column in columns:
+        if column not in inp.columns:
+            continue
+        values = inp[column]
+        bad = values.map(lambda v: not isinstance(v, str)).to_numpy()
+        if bad.any():
+            out = inp.copy() if out is None else out
+            out[column] = [v if isinstance(v, str) else ('' if pd.isna(v) else str(v)) if np.ndim(v) == 0 else str(v)
+                           for v in values]
+    return inp if out is None else out
+
+
 def empty_result(inp: pd.DataFrame) -> pd.DataFrame:
     """The output of a reranker for an empty input: the input's columns plus ``score`` and ``rank``."""
     out = inp.drop(columns=['score', 'rank'], errors='ignore').copy()
@@ -156,18 +190,23 @@ class OneOf:
 
 
 class AtLeast:
-    """Argument rule: a number ``>= minimum`` (``None`` allowed when ``optional``)."""
+    """Argument rule: a number ``>= minimum`` (and ``<= maximum`` when given; ``None`` allowed when ``optional``)."""
 
-    def __init__(self, minimum: float, optional: bool = False) -> None:
+    def __init__(self, minimum: float, optional: bool = False, maximum: Optional[float] = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
         self.optional = optional
 
     def problem(self, value: Any) -> Optional[str]:  # noqa: D102
+        rule = f'>= {self.minimum}' if self.maximum is None else f'between {self.minimum} and {self.maximum}'
+        rule += ' (or None)' if self.optional else ''
         if value is None:
-            return None if self.optional else f'must be a number >= {self.minimum}'
+            return None if self.optional else f'must be a number {rule}'
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            return f'must be a number >= {self.minimum}' + (' (or None)' if self.optional else '')
-        return None if value >= self.minimum else f'must be >= {self.minimum}' + (' (or None)' if self.optional else '')
+            return f'must be a number {rule}'
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            return f'must be {rule}'
+        return None
 
 
 def check_arguments(owner: str, rules: Mapping[str, Any], values: Mapping[str, Any]) -> None:
@@ -232,12 +271,33 @@ class Reranker(pt.Transformer):
     def _extra_columns(self) -> List[str]:
         return []
 
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+    def _text_columns(self) -> List[str]:
+        """The columns read as text: ``text_field`` and, when the reranker has one, ``title_field``."""
+        cols = [self.text_field]
+        title = getattr(self, 'title_field', None)
+        if title:
+            cols.append(title)
+        return cols
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Re-rank ``inp``: every input row once, with a new ``score`` and ``rank``; the other columns kept.
+
+        Missing values: a missing ``qid`` or ``query`` raises a ``ValueError`` naming the column and the rows; a
+        missing text (or title) is read as the empty string (see :func:`text_values`).
+        """
         validate_rerank_input(inp, self.text_field, self._extra_columns())
         if len(inp) == 0:
             return empty_result(inp)
-        out = self._rerank(inp.reset_index(drop=True))
-        return pt.model.add_ranks(out)
+        inp = inp.reset_index(drop=True)
+        require_values(inp, ['qid', 'query'], type(self).__name__)
+        texts = self._text_columns()
+        clean = text_values(inp, texts)
+        out = self._rerank(clean)
+        if clean is not inp:  # give back the input's own values of the text columns
+            for column in texts:
+                if column in inp.columns:
+                    out[column] = inp[column].to_numpy()[out.index.to_numpy()]
+        return pt.model.add_ranks(out.reset_index(drop=True))
 
     def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
@@ -372,4 +432,4 @@ class QueryReranker(Reranker):
             scores[q.rows] = s
             rows.extend(q.rows[np.argsort(-s, kind='stable')].tolist())
         out = inp.drop(columns=['score', 'rank'], errors='ignore').assign(score=scores)
-        return out.iloc[rows].reset_index(drop=True)
+        return out.iloc[rows]

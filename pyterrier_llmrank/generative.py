@@ -53,7 +53,7 @@ class QueryState:
     qid: Any
     query: str
     rows: List[int]                       # row positions of the frame, in first-stage order
-    texts: List[str]
+    texts: List[str]                      # the documents as the method writes them (with their titles)
     docnos: List[str]
     rng: random.Random
     calls: int = 0
@@ -83,12 +83,14 @@ class GenerativeReranker(QueryReranker):
     ARGUMENTS = {'max_new_tokens': AtLeast(1), 'temperature': AtLeast(0), 'batch_size': AtLeast(1, optional=True)}
 
     def __init__(self, model: Any, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 929, text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False,
-                 device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 seed: int = 929, title_field: Optional[str] = 'title', text_field: str = 'text',
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
+                 dtype: Any = 'auto') -> None:
         self.check_arguments(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         self.backend = resolve_backend(model, batch_size=batch_size, device=device, dtype=dtype)
         # batch_size: prompts per model call; None takes the backend's own
         super().__init__(text_field=text_field, batch_size=batch_size or self.backend.batch_size, verbose=verbose)
+        self.title_field = title_field
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -99,6 +101,10 @@ class GenerativeReranker(QueryReranker):
 
     def _algorithm(self, st: QueryState) -> Algorithm:
         raise NotImplementedError
+
+    def document(self, text: str, title: Optional[str] = None) -> str:
+        """A document as the method's reference writes it from its text and title (``None``: no title column)."""
+        return text
 
     # -- helpers for subclasses ---------------------------------------------------------------------------------
 
@@ -133,7 +139,9 @@ class GenerativeReranker(QueryReranker):
     def _rerank_queries(self, queries: List[QueryCandidates]) -> List[np.ndarray]:
         states: List[QueryState] = []
         for q in queries:
-            states.append(QueryState(qid=q.qid, query=q.query, rows=q.rows.tolist(), texts=list(q.texts),
+            titles = q.column(self.title_field) if self.title_field else [None] * len(q)
+            states.append(QueryState(qid=q.qid, query=q.query, rows=q.rows.tolist(),
+                                     texts=[self.document(t, ti) for t, ti in zip(q.texts, titles)],
                                      docnos=list(q.docnos), rng=random.Random(self.seed)))
             self.stats.add(q.qid, repaired=0.0, unparsable=0.0)
         before = self.stats.per_query().set_index('qid')

@@ -256,7 +256,7 @@ def _resolve_folder(path: Union[str, os.PathLike]) -> Path:
     return Path(snapshot_download(str(path)))
 
 
-def _backbone_config(cfg: Dict[str, Any], bert_config: Any = None) -> Any:
+def backbone_config(cfg: Dict[str, Any], bert_config: Any = None) -> Any:
     """The encoder's config for an IDCM ``config.json`` (see :func:`load_idcm_model` for the order of sources)."""
     from transformers import AutoConfig
     if bert_config is None and cfg.get('bert_config'):
@@ -294,7 +294,7 @@ def load_idcm_model(path: Union[str, os.PathLike], bert_config: Any = None) -> T
     missing = [k for k in ('bert_model', 'sample_n', 'top_k_chunks', 'chunk_size', 'overlap') if k not in cfg]
     if missing:
         raise ValueError(f'{folder / "config.json"} lacks the IDCM keys {missing}')
-    bert_config = _backbone_config(cfg, bert_config)
+    bert_config = backbone_config(cfg, bert_config)
     bert = AutoModel.from_config(bert_config)
     model = IDCMModel(bert, sample_n=int(cfg['sample_n']), top_k_chunks=int(cfg['top_k_chunks']),
                       chunk_size=int(cfg['chunk_size']), overlap=int(cfg['overlap']),

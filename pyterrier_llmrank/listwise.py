@@ -12,9 +12,10 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pyterrier_llmrank.backends import ChatPrompt
+from pyterrier_llmrank.base import AtLeast
 from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState, cut_words
 
-__all__ = ['RankGPT', 'DeARListwise', 'listwise_messages', 'sliding_windows', 'parse_permutation',
+__all__ = ['RankGPT', 'DeARListwise', 'listwise_messages', 'rankgpt_content', 'sliding_windows', 'parse_permutation',
            'RANKGPT_SYSTEM', 'RANKGPT_PREFIX_USER', 'RANKGPT_PREFIX_ASSISTANT', 'RANKGPT_PASSAGE',
            'RANKGPT_RECEIVED', 'RANKGPT_POST', 'DEAR_SYSTEM', 'DEAR_PREFIX_USER', 'DEAR_POST', 'DEAR_THINK_PATTERN']
 
@@ -106,6 +107,16 @@ def parse_permutation(text: str, n: int) -> Tuple[List[int], str]:
     return order, status
 
 
+def rankgpt_content(text: str, title: Optional[str] = None) -> str:
+    """A passage as RankGPT writes it (sunnweiwei/RankGPT ``rank_gpt.py``, ``run_retriever`` and
+    ``create_permutation_instruction``): with a title, ``'Title: ' + title + ' ' + 'Content: ' + text``, whitespace
+    runs joined by single spaces, ``'Title: Content: '`` (an empty title) removed, stripped."""
+    if title is None:
+        return text
+    content = ' '.join(f'Title: {title} Content: {text}'.split())
+    return content.replace('Title: Content: ', '').strip()
+
+
 def listwise_messages(query: str, passages: Sequence[str], *, system: str, prefix_user: str, prefix_assistant: str,
                       passage: str, received: str, post: str) -> List[Dict[str, str]]:
     """The multi-turn chat of RankGPT-style listwise prompts.
@@ -128,14 +139,15 @@ class _SlidingWindowListwise(GenerativeReranker):
     """Sliding-window listwise reranking over the top ``depth`` documents (bottom window first)."""
 
     _prompt: Dict[str, str] = {}
+    #: tokenize the rendered chat with the tokenizer's special tokens, as the reference client does
+    _add_special_tokens = False
+    ARGUMENTS = {'window': AtLeast(2), 'step': AtLeast(1), 'depth': AtLeast(1, optional=True),
+                 'max_words': AtLeast(1)}
 
     def __init__(self, model: Any, *, window: int, step: int, depth: Optional[int], max_words: int,
                  max_new_tokens: int, **kwargs: Any) -> None:
+        self.check_arguments(window=window, step=step, depth=depth, max_words=max_words)
         super().__init__(model, max_new_tokens=max_new_tokens, **kwargs)
-        if window < 2 or step < 1:
-            raise ValueError('window must be >= 2 and step >= 1')
-        if depth is not None and depth < 1:
-            raise ValueError('depth must be >= 1 (or None for every document)')
         self.window = window
         self.step = step
         self.depth = depth
@@ -143,6 +155,9 @@ class _SlidingWindowListwise(GenerativeReranker):
 
     def _repr_args(self) -> str:
         return f'{self.backend.name!r}, window={self.window}, step={self.step}, depth={self.depth}'
+
+    def document(self, text: str, title: Optional[str] = None) -> str:  # noqa: D102
+        return rankgpt_content(text, title)
 
     def messages(self, query: str, texts: Sequence[str]) -> List[Dict[str, str]]:
         """The chat messages of one window (passages cut to ``max_words`` words)."""
@@ -156,7 +171,8 @@ class _SlidingWindowListwise(GenerativeReranker):
         order = list(range(len(st.rows)))
         for start, end in sliding_windows(n, self.window, self.step):
             cut = order[start:end]
-            gen = yield ChatPrompt.of(self.messages(st.query, [st.texts[p] for p in cut]))
+            gen = yield ChatPrompt.of(self.messages(st.query, [st.texts[p] for p in cut]),
+                                      add_special_tokens=self._add_special_tokens)
             perm, status = parse_permutation(self._answer_text(gen.text), len(cut))
             order[start:end] = [cut[j] for j in perm]
             self._record(st, 'window', cut, gen, [st.docnos[cut[j]] for j in perm], status)
@@ -190,6 +206,8 @@ class RankGPT(_SlidingWindowListwise):
         depth: documents reranked (100, as the reference's ``rank_end``; ``None``: all).
         max_words: words kept of each passage (300).
         max_new_tokens: the most tokens generated per window (200: enough for a permutation of 20 ids).
+        title_field: column with a title; when the frame has it, a passage is written
+            ``Title: {title} Content: {text}`` as the reference (:func:`rankgpt_content`).
         text_field, verbose, device, dtype: as every reranker.
         batch_size: prompts per model call (``None``: the backend's own, 8 for a model loaded here).
     """
@@ -200,11 +218,11 @@ class RankGPT(_SlidingWindowListwise):
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, window: int = 20, step: int = 10,
                  depth: Optional[int] = 100, max_words: int = 300, max_new_tokens: int = 200,
-                 text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
-                 dtype: Any = 'auto') -> None:
+                 title_field: Optional[str] = 'title', text_field: str = 'text', batch_size: Optional[int] = None,
+                 verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, window=window, step=step, depth=depth, max_words=max_words,
-                         max_new_tokens=max_new_tokens, text_field=text_field, batch_size=batch_size,
-                         verbose=verbose, device=device, dtype=dtype)
+                         max_new_tokens=max_new_tokens, title_field=title_field, text_field=text_field,
+                         batch_size=batch_size, verbose=verbose, device=device, dtype=dtype)
 
 
 class DeARListwise(_SlidingWindowListwise):
@@ -222,7 +240,10 @@ class DeARListwise(_SlidingWindowListwise):
     repair rule (see :class:`RankGPT`). Score = -rank; documents below 30 keep their first-stage order.
 
     Decoding is greedy by default; ``sample=True`` uses the reference's sampling (temperature 0.5, top_p 0.9,
-    seeded by ``seed``).
+    seeded by ``seed``). Passages with a title are written as RankGPT's (:func:`rankgpt_content`), as the
+    reference's ``prompts.py`` reads the same pyserini ``Title: ... Content: ...`` hits. The rendered chat is
+    tokenized with the tokenizer's special tokens, as the reference's ``clients.py`` (``HFClient.chat``) does: on
+    tokenizers that add a BOS (Llama-3), the model reads two, as DeAR's published runs did.
 
     Args:
         model: as :class:`RankGPT`.
@@ -231,21 +252,25 @@ class DeARListwise(_SlidingWindowListwise):
         max_new_tokens: the most tokens generated per window (1024 as the reference).
         sample: sample with temperature 0.5 and top_p 0.9 instead of greedy decoding.
         seed: seed of the sampler.
+        title_field: column with a title (used when present, as :class:`RankGPT`).
         text_field, batch_size, verbose, device, dtype: as every reranker.
     """
 
     label = 'DeARListwise'
     _prompt = dict(system=DEAR_SYSTEM, prefix_user=DEAR_PREFIX_USER, prefix_assistant=RANKGPT_PREFIX_ASSISTANT,
                    passage=RANKGPT_PASSAGE, received=RANKGPT_RECEIVED, post=DEAR_POST)
+    # DataScienceUIBK/DeAR-Reranking listwise_rerank/clients.py (HFClient.chat): self.tokenizer(prompt, ...)
+    _add_special_tokens = True
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, window: int = 20, step: int = 10,
                  depth: Optional[int] = 30, max_words: int = 300, max_new_tokens: int = 1024, sample: bool = False,
-                 seed: int = 929, text_field: str = 'text', batch_size: Optional[int] = None, verbose: bool = False,
-                 device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 seed: int = 929, title_field: Optional[str] = 'title', text_field: str = 'text',
+                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
+                 dtype: Any = 'auto') -> None:
         super().__init__(model, window=window, step=step, depth=depth, max_words=max_words,
                          max_new_tokens=max_new_tokens, temperature=0.5 if sample else 0.0,
-                         top_p=0.9 if sample else 1.0, seed=seed, text_field=text_field, batch_size=batch_size,
-                         verbose=verbose, device=device, dtype=dtype)
+                         top_p=0.9 if sample else 1.0, seed=seed, title_field=title_field, text_field=text_field,
+                         batch_size=batch_size, verbose=verbose, device=device, dtype=dtype)
         self.sample = sample
 
     def _repr_args(self) -> str:

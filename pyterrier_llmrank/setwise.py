@@ -13,6 +13,7 @@ import re
 from typing import Any, Generator, List, Optional, Sequence
 
 from pyterrier_llmrank.backends import ChatPrompt, Generation
+from pyterrier_llmrank.base import AtLeast
 from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState, truncate_tokens
 
 __all__ = ['Setwise', 'RankR1', 'SETWISE_LABELS', 'SETWISE_PASSAGE', 'SETWISE_PASSAGE_SEPARATOR', 'SETWISE_PROMPT',
@@ -103,23 +104,25 @@ class Setwise(GenerativeReranker):
         seed: seed of the shuffles.
         max_passage_tokens, max_query_tokens: truncation in the model's tokens (128, 128; ``None``: none).
         max_new_tokens: tokens generated per comparison (1, as the reference).
+        title_field: column with a title; a document with a non-empty title is written ``"{title} {text}"``, as
+            the reference's ``run.py`` (and Rank-R1's ``run_setwise.py`` / ``create_dataset.py``) write it.
         text_field, batch_size, verbose, device, dtype: as every reranker.
     """
 
     label = 'Setwise'
     _labels: Sequence[str] = SETWISE_LABELS
+    ARGUMENTS = {'num_child': AtLeast(1, maximum=len(SETWISE_LABELS) - 1), 'k': AtLeast(1),
+                 'max_passage_tokens': AtLeast(1, optional=True), 'max_query_tokens': AtLeast(1, optional=True)}
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 3, k: int = 10,
                  shuffle: bool = False, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 128,
-                 max_query_tokens: Optional[int] = 128, max_new_tokens: int = 1, text_field: str = 'text',
-                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto',
-                 dtype: Any = 'auto') -> None:
-        if not 1 <= num_child <= len(self._labels) - 1:
-            raise ValueError(f'num_child must be between 1 and {len(self._labels) - 1} (the labels available)')
-        if k < 1:
-            raise ValueError('k must be >= 1')
-        super().__init__(model, max_new_tokens=max_new_tokens, seed=seed, text_field=text_field,
-                         batch_size=batch_size, verbose=verbose, device=device, dtype=dtype)
+                 max_query_tokens: Optional[int] = 128, max_new_tokens: int = 1,
+                 title_field: Optional[str] = 'title', text_field: str = 'text', batch_size: Optional[int] = None,
+                 verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+        self.check_arguments(num_child=num_child, k=k, max_passage_tokens=max_passage_tokens,
+                             max_query_tokens=max_query_tokens)
+        super().__init__(model, max_new_tokens=max_new_tokens, seed=seed, title_field=title_field,
+                         text_field=text_field, batch_size=batch_size, verbose=verbose, device=device, dtype=dtype)
         self.num_child = num_child
         self.k = k
         self.shuffle = shuffle
@@ -128,6 +131,12 @@ class Setwise(GenerativeReranker):
 
     def _repr_args(self) -> str:
         return f'{self.backend.name!r}, num_child={self.num_child}, k={self.k}, shuffle={self.shuffle}'
+
+    def document(self, text: str, title: Optional[str] = None) -> str:
+        """``"{title} {text}"`` when the title is not empty (ielab/llm-rankers ``run.py``), else the text."""
+        if title is not None and title.strip():
+            return f'{title} {text}'
+        return text
 
     # -- prompt and answer --------------------------------------------------------------------------------------
 
@@ -214,20 +223,23 @@ class RankR1(Setwise):
         num_child, k, seed, max_passage_tokens, max_query_tokens: as :class:`Setwise` (19, 10, 929, 512, 32).
         shuffle: shuffle the documents of every comparison (True, as the reference).
         max_new_tokens: the most tokens generated per comparison (2048).
+        title_field: as :class:`Setwise` (``"{title} {text}"``, as ``run_setwise.py``).
         text_field, batch_size, verbose, device, dtype: as every reranker.
     """
 
     label = 'RankR1'
     _labels = RANKR1_LABELS
+    ARGUMENTS = {'num_child': AtLeast(1, maximum=len(RANKR1_LABELS) - 1)}
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, num_child: int = 19, k: int = 10,
                  shuffle: bool = True, seed: int = RANKR1_SEED, max_passage_tokens: Optional[int] = 512,
-                 max_query_tokens: Optional[int] = 32, max_new_tokens: int = 2048, text_field: str = 'text',
-                 batch_size: Optional[int] = None, verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 max_query_tokens: Optional[int] = 32, max_new_tokens: int = 2048,
+                 title_field: Optional[str] = 'title', text_field: str = 'text', batch_size: Optional[int] = None,
+                 verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
         super().__init__(model, num_child=num_child, k=k, shuffle=shuffle, seed=seed,
                          max_passage_tokens=max_passage_tokens, max_query_tokens=max_query_tokens,
-                         max_new_tokens=max_new_tokens, text_field=text_field, batch_size=batch_size,
-                         verbose=verbose, device=device, dtype=dtype)
+                         max_new_tokens=max_new_tokens, title_field=title_field, text_field=text_field,
+                         batch_size=batch_size, verbose=verbose, device=device, dtype=dtype)
 
     def prompt(self, query: str, texts: Sequence[str]) -> ChatPrompt:
         """The Rank-R1 v0.1 prompt of one comparison: system and user turns, documents ``[i] text``."""

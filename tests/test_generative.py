@@ -494,3 +494,36 @@ def test_real_setwise(smollm2):
 
 def test_real_rankr1(smollm2):
     check_real(RankR1(smollm2, num_child=4, k=1, max_new_tokens=16, device='cpu'), 1)  # one node of 5 documents
+
+
+# -- titles, as each reference writes them ----------------------------------------------------------------------
+
+def test_titles_as_each_reference_writes_them():
+    """RankGPT and DeAR: 'Title: {title} Content: {text}' (an empty title dropped, rank_gpt.py); Setwise and
+    Rank-R1: '{title} {text}' (llm-rankers run.py); no title column: the text alone."""
+    frame = run_frame(3).assign(title=['Cats', '', None])
+    for cls in (RankGPT, DeARListwise):
+        backend = ScriptedBackend(lambda p: '[1] > [2] > [3]')
+        cls(backend)(frame)
+        users = [c for r, c in backend.prompts[0].messages if r == 'user' and c.startswith('[')]
+        assert users == ['[1] Title: Cats Content: text of d0 rel 0', '[2] text of d1 rel 1', '[3] text of d2 rel 2']
+        backend = ScriptedBackend(lambda p: '[1] > [2] > [3]')
+        cls(backend, title_field=None)(frame)
+        users = [c for r, c in backend.prompts[0].messages if r == 'user' and c.startswith('[')]
+        assert users[0] == '[1] text of d0 rel 0'
+    backend = ScriptedBackend(lambda p: 'A')
+    Setwise(backend, num_child=2, k=1)(frame)
+    assert 'Passage A: "Cats text of d0 rel 0"' in backend.prompts[0].last_user
+    assert 'Passage B: "text of d1 rel 1"' in backend.prompts[0].last_user
+    backend = ScriptedBackend(lambda p: '<think></think><answer>[1]</answer>')
+    RankR1(backend, num_child=2, k=1, shuffle=False)(frame)
+    assert '[1] Cats text of d0 rel 0' in backend.prompts[0].last_user
+
+
+def test_dear_listwise_tokenizes_with_special_tokens_as_its_client():
+    """DeAR's clients.py tokenizes the rendered chat with default settings; RankGPT's prompts do not."""
+    dear, gpt = ScriptedBackend(lambda p: '[1]'), ScriptedBackend(lambda p: '[1]')
+    DeARListwise(dear)(run_frame(2))
+    RankGPT(gpt)(run_frame(2))
+    assert all(p.add_special_tokens for p in dear.prompts)
+    assert not any(p.add_special_tokens for p in gpt.prompts)

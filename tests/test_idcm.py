@@ -293,8 +293,8 @@ def test_training_stages(tiny_distilbert):
 
 def test_published_encoder_config_offline():
     """The published config names distilbert-base-uncased; its encoder is built offline from DistilBertConfig()."""
-    from pyterrier_llmrank.idcm import _backbone_config
-    cfg = _backbone_config({'bert_model': 'distilbert-base-uncased'})
+    from pyterrier_llmrank.idcm import backbone_config
+    cfg = backbone_config({'bert_model': 'distilbert-base-uncased'})
     # distilbert-base-uncased's config.json (huggingface.co/distilbert/distilbert-base-uncased)
     golden = {'activation': 'gelu', 'attention_dropout': 0.1, 'dim': 768, 'dropout': 0.1, 'hidden_dim': 3072,
               'initializer_range': 0.02, 'max_position_embeddings': 512, 'model_type': 'distilbert', 'n_heads': 12,
