@@ -1,9 +1,10 @@
 """ICR: in-context re-ranking from the attention of a causal LLM.
 
 Chen, Gutiérrez, Su: "Attention in Large Language Models Yields Efficient Zero-Shot Re-Rankers", ICLR 2025
-(arXiv 2410.02642). Reference code: OSU-NLP-Group/In-Context-Reranking ``src/in_context_reranker.py``
-(``_prepare_input_for_document_retrieval``, ``score_documents``, ``get_sorted_docs``, ``rerank``) and
-``experiments.py``.
+(arXiv 2410.02642). Reference code: OSU-NLP-Group/In-Context-Reranking@9117e9f ``src/in_context_reranker.py``
+(``_setup_llm_prompts``, ``_prepare_input_for_document_retrieval``, ``score_documents``, ``get_sorted_docs``,
+``rerank``) and ``experiments.py``. The prompt of Llama-3 and Mistral models uses the reference's own wrapper,
+not the chat template (see :class:`ICR`).
 
 All candidates of a query go into one prompt, followed by an instruction and the query. A document's score is
 the attention that the tokens of the query span (instruction, query, end of the turn) pay to its tokens,
@@ -33,7 +34,8 @@ from pyterrier_llmrank.base import AtLeast, OneOf, QueryCandidates, QueryReranke
 from pyterrier_llmrank.listwise import sliding_windows
 
 __all__ = ['ICR', 'ICR_INSTRUCTION', 'ICR_LATE_INSTRUCTION_IE', 'ICR_LATE_INSTRUCTION_QA', 'ICR_QUERY_PREFIX',
-           'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'IcrPrompt']
+           'ICR_CALIBRATION_QUERY', 'ICR_SIMPLE_ANSWER', 'ICR_DOC_LABEL', 'ICR_WRAPPERS', 'ICR_SEPARATORS',
+           'ICR_QA_DATASETS', 'IcrPrompt', 'icr_family', 'icr_retrieval_type', 'cut_words']
 
 # --- Prompt strings: OSU-NLP-Group/In-Context-Reranking src/in_context_reranker.py (InContextReranker.__init__
 # ``retrieval_instruction`` / ``retrieval_instruction_late`` and ``_prepare_input_for_document_retrieval``).
@@ -54,6 +56,25 @@ ICR_SIMPLE_ANSWER = 'Answer:'
 #: Separators: ``' \n\n'`` for the Llama-3 family, ``'\n\n'`` otherwise (``prompt_separator``).
 SEPARATOR_LLAMA3 = ' \n\n'
 SEPARATOR_DEFAULT = '\n\n'
+
+# --- Model-family wrappers: OSU-NLP-Group/In-Context-Reranking@9117e9f src/in_context_reranker.py,
+# ``InContextReranker._setup_llm_prompts`` (lines 136-145): the reference does not use the tokenizer's chat template;
+# it writes ``prompt_prefix`` before the instruction (line 439, every template) and ``prompt_suffix`` right after the
+# query (line 522, template 'instruct'), and tokenizes the whole string with the tokenizer's defaults (BOS added).
+#: ``(prompt_prefix, prompt_suffix)`` per model family.
+ICR_WRAPPERS = {
+    'mistral': ('[INST]', '[/INST]'),
+    'llama-3': ('<|start_header_id|>user<|end_header_id|>', '<|eot_id|><|start_header_id|>assistant<|end_header_id|>'),
+}
+#: ``prompt_separator`` per family (``InContextReranker.__init__``, lines 107-116: ``' \n\n'`` for Llama names,
+#: ``'\n\n'`` otherwise); models of no named family get :data:`SEPARATOR_DEFAULT`.
+ICR_SEPARATORS = {'mistral': SEPARATOR_DEFAULT, 'llama-3': SEPARATOR_LLAMA3}
+
+# --- Retrieval type per data set: OSU-NLP-Group/In-Context-Reranking@9117e9f experiments.py (lines 61-76): the QA
+# late instruction for these BEIR sets and for the multi-hop QA sets, IE for every other set.
+#: Data sets the reference reranks with ``retrieval_type='QA'`` (BEIR names, then the multi-hop sets).
+ICR_QA_DATASETS = ('trec-covid', 'fiqa', 'webis-touche2020', 'dbpedia-entity', 'nq',
+                   'musique', 'hotpotqa', '2wikimultihopqa')
 
 SCORINGS = ('masked_NA_calibration', 'NA_calibration', 'query_last')
 OVERFLOWS = ('truncate', 'window', 'error')
@@ -91,16 +112,43 @@ class IcrPrompt:
         return len(self.prefix), len(self.prefix) + len(self.suffix)
 
 
-def _cut_words(text: str, max_words: Optional[int]) -> str:
-    """The first ``max_words`` whitespace-separated words of ``text``, its own spacing kept."""
+def cut_words(text: str, max_words: Optional[int]) -> str:
+    """``text`` cut as the reference's ``--truncate_by_space``: ``' '.join(text.split(' ')[:max_words])``.
+
+    OSU-NLP-Group/In-Context-Reranking@9117e9f experiments.py (line 218, after RankGPT). Words are split on single
+    spaces only: a newline does not separate words, and each extra space of a run counts as an (empty) word.
+    ``None``: the text unchanged.
+    """
     if max_words is None:
         return text
-    if max_words <= 0:
-        return ''
-    for n, m in enumerate(re.finditer(r'\S+', text), start=1):
-        if n == max_words:
-            return text[:m.end()]
-    return text
+    return ' '.join(text.split(' ')[:max(0, int(max_words))])
+
+
+def icr_family(name: str) -> Optional[str]:
+    """The model family whose prompt wrapper the reference hard-codes, from a model name or path; else ``None``.
+
+    As ``InContextReranker._setup_llm_prompts`` (OSU-NLP-Group/In-Context-Reranking@9117e9f
+    src/in_context_reranker.py, line 136): ``'mistral'`` when the lower-cased name contains ``mistral``, else
+    ``'llama-3'`` when it contains ``llama-3`` (or ``llama3``, the spelling of Meta's own download folders such as
+    ``Llama3.1-8B-Instruct``; an addition to the reference, which would reject that name).
+    """
+    low = str(name).lower()
+    if 'mistral' in low:
+        return 'mistral'
+    if 'llama-3' in low or 'llama3' in low:
+        return 'llama-3'
+    return None
+
+
+def icr_retrieval_type(dataset: str) -> str:
+    """The reference's retrieval type for a data set: ``'QA'`` for :data:`ICR_QA_DATASETS`, else ``'IE'``.
+
+    ``dataset`` is a BEIR name or an ir_datasets/PyTerrier id; any ``/``- or ``:``-separated part of it is matched
+    (``'irds:beir/trec-covid'``, ``'beir/webis-touche2020/v2'`` and ``'dbpedia-entity'`` are all ``'QA'``). Pass the
+    result as ``ICR(retrieval_type=...)``; ICR itself never guesses the data set.
+    """
+    parts = re.split(r'[/:]', str(dataset).lower())
+    return 'QA' if any(p in ICR_QA_DATASETS for p in parts) else 'IE'
 
 
 class ICR(QueryReranker):
@@ -109,12 +157,28 @@ class ICR(QueryReranker):
     Chen, Gutiérrez, Su, "Attention in Large Language Models Yields Efficient Zero-Shot Re-Rankers", ICLR 2025.
     Reference: OSU-NLP-Group/In-Context-Reranking (``src/in_context_reranker.py``, ``experiments.py``).
 
-    Prompt (built piece by piece, so that every span is known by construction): the chat template's opening
-    of a user turn, ``" Here are some paragraphs:"``, for each document the separator and ``"[i] " + doc``,
-    then the separator, the late instruction, the separator, ``"Query:"``, ``" " + query``, and the end of
-    the user turn with the assistant header. Without a chat template (base models) the reference's "simple"
-    form: no opening instruction, and ``separator + "Answer:"`` instead of the chat suffix. The separator is
-    ``" \\n\\n"`` for the Llama-3 family and ``"\\n\\n"`` otherwise.
+    Prompt (built piece by piece, so that every span is known by construction; the ids are those of the whole
+    text tokenized at once, as the reference tokenizes it): an opening, ``" Here are some paragraphs:"``, for each
+    document the separator and ``"[i] " + doc``, then the separator, the late instruction, the separator,
+    ``"Query:"``, ``" " + query``, and a closing. Opening and closing (``family``):
+
+    * the families the reference names get the reference's own wrapper (:data:`ICR_WRAPPERS`,
+      ``_setup_llm_prompts``), **not** the tokenizer's chat template: the tokenizer's BOS, then for Llama-3.x
+      ``<|start_header_id|>user<|end_header_id|>`` ... ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>``
+      (no system turn, no ``"\\n\\n"`` after the headers: Llama-3.1's chat template would add a "Cutting
+      Knowledge Date" system block and newlines that fall in the query span), for Mistral ``[INST]`` ...
+      ``[/INST]`` (no spaces added around them, unlike Mistral's chat template). The family is detected from the
+      model name and the config's ``_name_or_path`` as the reference does (:func:`icr_family`: ``mistral``, else
+      ``llama-3``/``llama3``), or set with ``family``;
+    * every other model (the reference raises for them), SmolLM2 included, gets its tokenizer's chat template
+      around the user turn (SmolLM2: ChatML with its default system prompt).
+
+    The reference's "simple" form (``template='simple'``; the default for a model of no named family whose
+    tokenizer has no chat template): no opening instruction, and ``separator + "Answer:"`` instead of the
+    closing; for a named family it still starts with BOS and the family's prefix (the reference writes it in
+    every form), otherwise with the tokenizer's BOS only. The separator is ``" \\n\\n"`` for Llama-3 and
+    ``"\\n\\n"`` otherwise (:data:`ICR_SEPARATORS`). (The reference's ``'simple_instruct'`` form and
+    query-first position are not offered.)
 
     Scores (``scoring``):
 
@@ -136,7 +200,13 @@ class ICR(QueryReranker):
     final position (``n - position``); with one window it is the ICR score itself.
 
     Documents are ``title + "\\n" + text`` when ``title_field`` is a column (else the text), the text cut to
-    ``max_words`` whitespace-separated words (300, as the reference's ``--truncate_by_space``).
+    ``max_words`` words as the reference's ``--truncate_by_space 300`` (:func:`cut_words`:
+    ``' '.join(text.split(' ')[:300])``, split on single spaces; the reference gives no title for fiqa).
+
+    Retrieval type: ``'IE'`` by default. The reference's experiments switch to the QA late instruction for
+    trec-covid, fiqa, webis-touche2020, dbpedia-entity and nq (and the multi-hop QA sets), IE for the other BEIR
+    sets (:data:`ICR_QA_DATASETS`); that is the user's choice here: ``ICR(retrieval_type=icr_retrieval_type(name))``
+    reproduces the reference's mapping.
 
     Overflow (a window longer than ``max_length``, by default the model's context): never silent, and the
     instruction and query are never cut.
@@ -163,7 +233,10 @@ class ICR(QueryReranker):
         max_length: token budget of a prompt (default: the model's ``max_position_embeddings``).
         overflow: ``'truncate'``, ``'window'`` or ``'error'``.
         layers: ``(first, last)`` layers (inclusive, 0-based) whose attention is summed; default all.
-        template: ``'auto'`` (the chat form when the tokenizer has a chat template), ``'chat'`` or ``'simple'``.
+        template: ``'auto'`` (the chat form, the reference's ``'instruct'``, for a named family or when the
+            tokenizer has a chat template; else ``'simple'``), ``'chat'`` or ``'simple'``.
+        family: ``'auto'`` (detected from the model name, see above), ``'llama-3'`` or ``'mistral'`` (the
+            reference's wrapper for that family) or ``'none'`` (the tokenizer's chat template).
         separator: the prompt separator; default from the model family as above.
         attention: ``'rows'`` (default: SDPA plus the query-span rows, linear memory) or ``'eager'``
             (brute force: eager attention with ``output_attentions=True`` and no KV reuse; for checks only).
@@ -176,6 +249,7 @@ class ICR(QueryReranker):
     label = 'ICR'
     ARGUMENTS = {'retrieval_type': OneOf('IE', 'QA'), 'scoring': OneOf(*SCORINGS), 'overflow': OneOf(*OVERFLOWS),
                  'attention': OneOf('rows', 'eager'), 'template': OneOf('auto', 'chat', 'simple'),
+                 'family': OneOf('auto', 'llama-3', 'mistral', 'none'),
                  'window_size': AtLeast(1, optional=True), 'stride': AtLeast(1, optional=True),
                  'max_words': AtLeast(0, optional=True)}
 
@@ -183,12 +257,14 @@ class ICR(QueryReranker):
                  scoring: str = 'masked_NA_calibration', window_size: Optional[int] = None,
                  stride: Optional[int] = None, reverse_order: bool = True, max_words: Optional[int] = 300,
                  max_length: Optional[int] = None, overflow: str = 'truncate',
-                 layers: Optional[Tuple[int, int]] = None, template: str = 'auto', separator: Optional[str] = None,
-                 attention: str = 'rows', title_field: str = 'title', text_field: str = 'text',
-                 verbose: bool = False, device: Any = 'auto', dtype: Any = 'auto') -> None:
+                 layers: Optional[Tuple[int, int]] = None, template: str = 'auto', family: str = 'auto',
+                 separator: Optional[str] = None, attention: str = 'rows', title_field: str = 'title',
+                 text_field: str = 'text', verbose: bool = False, device: Any = 'auto',
+                 dtype: Any = 'auto') -> None:
         super().__init__(text_field=text_field, batch_size=1, verbose=verbose)
         self.check_arguments(retrieval_type=retrieval_type, scoring=scoring, overflow=overflow, attention=attention,
-                             template=template, window_size=window_size, stride=stride, max_words=max_words)
+                             template=template, family=family, window_size=window_size, stride=stride,
+                             max_words=max_words)
         if stride is not None and window_size is not None and stride > window_size:
             raise ValueError(f'ICR: stride must be in [1, window_size], got stride={stride}, window_size={window_size}')
         self._use_model(models.load_causal_lm, model, device=device, dtype=dtype)
@@ -213,17 +289,27 @@ class ICR(QueryReranker):
         self.overflow = overflow
         self.attention = attention
         self.title_field = title_field
-        if template == 'auto':
-            template = 'chat' if self.lm.has_chat_template else 'simple'
+        if family == 'auto':
+            self.family = icr_family(self.model_name + ' ' + str(getattr(cfg, '_name_or_path', '')))
+        else:
+            self.family = None if family == 'none' else family
+        if template == 'auto':  # the reference's default is 'instruct' (the chat form) for the families it wraps
+            template = 'chat' if (self.family is not None or self.lm.has_chat_template) else 'simple'
         self.template = template
-        if separator is None:
-            name = (self.model_name + ' ' + str(getattr(cfg, '_name_or_path', ''))).lower()
-            separator = SEPARATOR_LLAMA3 if ('llama-3' in name or 'llama3' in name) else SEPARATOR_DEFAULT
-        self.separator = separator
+        self.separator = ICR_SEPARATORS.get(self.family, SEPARATOR_DEFAULT) if separator is None else separator
         self._piece_cache: Dict[str, List[int]] = {}
-        if template == 'chat':
+        self._close_text = ''  # the family suffix, tokenized together with the query (as the reference does)
+        if self.family is not None:
+            prompt_prefix, prompt_suffix = ICR_WRAPPERS[self.family]
+            self._check_family_tokens(family)
+            # BOS as the tokenizer adds it, then prefix + instruction tokenized together (the text starts there)
+            opening = prompt_prefix + (ICR_INSTRUCTION if template == 'chat' else '')
+            self._open = list(self.lm.special_tokens[0]) + self.lm.ids(opening)
+            self._close = []
+            self._close_text = prompt_suffix if template == 'chat' else ''
+        elif template == 'chat':
             before, after, _ = self.lm.chat_parts()
-            self._open = self.lm.piece_ids(before)
+            self._open = self.lm.piece_ids(before) + self._fixed(ICR_INSTRUCTION)
             self._close = self.lm.piece_ids(after)
         else:
             self._open = list(self.lm.special_tokens[0])
@@ -231,6 +317,17 @@ class ICR(QueryReranker):
         self._cache_kw = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'
         if attention == 'rows':
             register()
+
+    def _check_family_tokens(self, family: str) -> None:
+        """The Llama-3 wrapper needs the header/eot tokens as single tokens of the vocabulary."""
+        if self.family != 'llama-3':
+            return
+        for token in ('<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>'):
+            if len(self.lm.ids(token)) != 1:
+                how = 'detected from the model name' if family == 'auto' else 'family="llama-3"'
+                raise ValueError(f'ICR: the Llama-3 prompt wrapper ({how}) needs {token!r} as one token, but the '
+                                 f'tokenizer of {self.model_name!r} splits it; pass family="none" to use the '
+                                 f'tokenizer\'s chat template instead')
 
     def _repr_args(self) -> str:
         args = [repr(self.model_name)]
@@ -281,7 +378,7 @@ class ICR(QueryReranker):
     def document_text(self, text: Any, title: Any = None, max_words: Optional[int] = -1) -> str:
         """A document as it enters the prompt: ``title + "\\n" + text`` (text cut to ``max_words``), stripped."""
         words = self.max_words if max_words == -1 else max_words
-        text = _cut_words(text if isinstance(text, str) else '', words)
+        text = cut_words(text if isinstance(text, str) else '', words)
         if isinstance(title, str) and title.strip():
             return (title + '\n' + text).strip()
         return text.strip()
@@ -289,8 +386,6 @@ class ICR(QueryReranker):
     def build_prompt(self, query: str, docs: Sequence[str]) -> IcrPrompt:
         """The ICR prompt for ``query`` and documents ``docs`` (already formatted, in prompt order)."""
         prefix = list(self._open)
-        if self.template == 'chat':
-            prefix += self._fixed(ICR_INSTRUCTION)
         spans = []
         for i, doc in enumerate(docs):
             sep_ids, ids = self._sep_then(ICR_DOC_LABEL.format(i=i + 1) + doc)
@@ -303,7 +398,7 @@ class ICR(QueryReranker):
 
     def _suffix(self, query: str) -> List[int]:
         out = self._fixed(self.late_instruction) + self._fixed_after_sep(ICR_QUERY_PREFIX)
-        out = out + self.lm.piece_ids(' ' + (query or '').strip())
+        out = out + self.lm.piece_ids(' ' + (query or '').strip() + self._close_text)
         if self.template == 'chat':
             return out + self._close
         return out + self._fixed_after_sep(ICR_SIMPLE_ANSWER)
@@ -405,7 +500,7 @@ class ICR(QueryReranker):
             return self._prompt_len(query, [self.document_text(t, ti, w) for t, ti in texts]) <= self.max_length
         hi = self.max_words
         if hi is None:
-            hi = max((len(str(t).split()) for t, _ in texts), default=0)
+            hi = max((len(str(t).split(' ')) for t, _ in texts), default=0)
         if not fits(0):
             return None
         lo = 0  # fits(lo) holds; find the largest w in [lo, hi] that fits

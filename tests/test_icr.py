@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pyterrier_llmrank.icr import (ICR, ICR_LATE_INSTRUCTION_IE, ICR_LATE_INSTRUCTION_QA, IcrPrompt,
-                                   _cut_words)
+from pyterrier_llmrank.icr import (ICR, ICR_LATE_INSTRUCTION_IE, ICR_LATE_INSTRUCTION_QA, ICR_QA_DATASETS, IcrPrompt,
+                                   cut_words, icr_family, icr_retrieval_type)
 
 SMOL_OPEN = ('<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
              '<|im_start|>user\n')
@@ -78,9 +78,26 @@ def test_document_text_title_and_words(icr):
     assert icr.document_text('a b  c d', 'T', max_words=2) == 'T\na b'
     assert icr.document_text('a b c', None) == 'a b c'
     assert icr.document_text(None, None) == ''
-    assert _cut_words(' x\ny  z ', 2) == ' x\ny'
-    assert _cut_words('x y', 0) == ''
+    assert icr.document_text('a  b c', None, max_words=2) == 'a'  # 'a', '' (the double space), then stripped
+    assert cut_words('x y', 0) == ''
     assert icr.max_words == 300
+
+
+def test_cut_words_as_reference():
+    # OSU-NLP-Group/In-Context-Reranking@9117e9f experiments.py: ' '.join(text.split(' ')[:300]); a newline does
+    # not separate words, and each extra space of a run counts as an empty word
+    def reference(text, n):
+        return ' '.join(text.split(' ')[:n])
+    text = 'one\ntwo three\n\nfour  five   six\tseven eight '
+    assert cut_words(text, 1) == 'one\ntwo'
+    assert cut_words(text, 2) == 'one\ntwo three\n\nfour'
+    assert cut_words(text, 3) == 'one\ntwo three\n\nfour '
+    assert cut_words(text, 4) == 'one\ntwo three\n\nfour  five'
+    assert cut_words(text, 7) == 'one\ntwo three\n\nfour  five   six\tseven'
+    assert cut_words(' x\ny  z ', 2) == ' x\ny'
+    for n in range(12):
+        assert cut_words(text, n) == reference(text, n)
+    assert cut_words(text, None) == text
 
 
 # --- equality with brute force ------------------------------------------------------------------------------------
@@ -301,3 +318,150 @@ def test_bad_arguments(smollm2):
         with pytest.raises(ValueError):
             ICR(smollm2, **kw)
     assert ICR(smollm2, layers=(-2, -1)).layers == (28, 29)
+
+
+# --- the reference's own wrappers (Llama-3, Mistral), not the chat template ------------------------------------
+# Literal copies of OSU-NLP-Group/In-Context-Reranking@9117e9f src/in_context_reranker.py (_setup_llm_prompts,
+# lines 136-145; prompt_separator, lines 107-116; instructions, lines 79-86), deliberately not imported from icr.py.
+REFERENCE = {  # family: (prompt_prefix, prompt_suffix, prompt_separator, BOS its tokenizer adds)
+    'llama-3': ('<|start_header_id|>user<|end_header_id|>', '<|eot_id|><|start_header_id|>assistant<|end_header_id|>',
+                ' \n\n', '<|begin_of_text|>'),
+    'mistral': ('[INST]', '[/INST]', '\n\n', '<s>'),
+}
+REFERENCE_LATE = {
+    'IE': 'Please find information that are relevant to the following query in the paragraphs above.',
+    'QA': 'Please answer the following question based on the information in the paragraphs above.',
+}
+FAMILY_DOCS = ['Paris is the capital of France.', 'Bananas grow\nin the tropics, 12 kg a plant.',
+               'Ünïcödé 日本語 🙂']
+
+
+def reference_prompt(family, query, documents, template='instruct', retrieval_type='IE'):
+    """The string of the reference's ``_prepare_input_for_document_retrieval`` (query_position='last', no extra
+    system prompt), from its format strings; the reference tokenizes it whole with the tokenizer's defaults."""
+    prefix, suffix, sep, _ = REFERENCE[family]
+    system_prompt = ' Here are some paragraphs:' if template == 'instruct' else ''
+    llm_prompt = prefix + system_prompt
+    for i, doc in enumerate(documents):
+        llm_prompt += sep + f'[{i + 1}] {doc}'
+    llm_prompt += sep + REFERENCE_LATE[retrieval_type] + sep + 'Query:'
+    if template == 'simple':
+        return llm_prompt + f' {query.strip()}{sep}Answer:'
+    return llm_prompt + f' {query.strip()}' + suffix
+
+
+@pytest.fixture(scope='module')
+def family_models(tmp_path_factory):
+    """Tiny random Llama models with a Llama-3-style and a Mistral-style tokenizer (tests/family_tokenizers.py),
+    saved under names from which the family is detected as the reference does."""
+    from family_tokenizers import train_llama3_tokenizer, train_mistral_tokenizer
+    from tiny_models import build_tiny_llama
+    root = tmp_path_factory.mktemp('icr_families')
+    return {'llama-3': build_tiny_llama(root / 'Meta-Llama-3.1-8B-Instruct-tiny', train_llama3_tokenizer()),
+            'mistral': build_tiny_llama(root / 'Mistral-7B-Instruct-v0.2-tiny', train_mistral_tokenizer())}
+
+
+def test_icr_family_detection(icr):
+    assert icr_family('meta-llama/Meta-Llama-3.1-8B-Instruct') == 'llama-3'
+    assert icr_family('meta-llama/Llama-3.2-1B-Instruct') == 'llama-3'
+    assert icr_family('/models/Llama3.1-8B-Instruct') == 'llama-3'
+    assert icr_family('mistralai/Mistral-7B-Instruct-v0.2') == 'mistral'
+    for other in ('HuggingFaceTB/SmolLM2-135M-Instruct', 'meta-llama/Llama-2-7b-chat-hf', 'Qwen/Qwen2.5-7B-Instruct'):
+        assert icr_family(other) is None
+    assert icr.family is None and icr.template == 'chat'  # SmolLM2: its chat template (ChatML), as before
+
+
+@pytest.mark.parametrize('family', ['llama-3', 'mistral'])
+@pytest.mark.parametrize('template,retrieval_type', [('instruct', 'IE'), ('instruct', 'QA'), ('simple', 'IE')])
+def test_reference_wrapper_golden(family_models, family, template, retrieval_type):
+    tiny = family_models[family]
+    tok = tiny.tokenizer
+    prefix, suffix, sep, bos = REFERENCE[family]
+    icr = ICR(tiny.pair, retrieval_type=retrieval_type, **({'template': 'simple'} if template == 'simple' else {}))
+    assert icr.family == family and icr.separator == sep
+    assert icr.template == ('chat' if template == 'instruct' else 'simple')  # 'auto' = the reference's 'instruct'
+    query = '  what is the capital of France? '
+    expected = reference_prompt(family, query, FAMILY_DOCS, template, retrieval_type)
+    p = icr.build_prompt(query, FAMILY_DOCS)
+    # character for character: our decoded prompt is the reference's string behind the BOS its tokenizer adds
+    assert tok.decode(p.ids) == bos + expected
+    # golden ids: the reference's, i.e. its whole string tokenized at once with the tokenizer's defaults
+    golden = tok(expected)['input_ids']
+    assert golden[0] == tok.bos_token_id
+    assert p.ids == golden
+    # spans as the reference computes them: each document's '[i] doc', and the query span from the late
+    # instruction to the last token (query_start_idx .. query_end_idx)
+    for i, (a, b) in enumerate(p.doc_spans):
+        assert tok.decode(p.ids[a:b]) == f'[{i + 1}] {FAMILY_DOCS[i]}'
+    start, end = p.query_span
+    tail = REFERENCE_LATE[retrieval_type] + sep + 'Query: ' + query.strip()
+    tail += (sep + 'Answer:') if template == 'simple' else suffix
+    assert tok.decode(p.ids[start:end]) == tail and end == len(golden)
+    # the calibration prompt is the reference's with the query 'N/A'
+    calib = IcrPrompt(p.prefix, icr._suffix('N/A'), p.doc_spans)
+    assert calib.ids == tok(reference_prompt(family, 'N/A', FAMILY_DOCS, template, retrieval_type))['input_ids']
+
+
+@pytest.mark.parametrize('family', ['llama-3', 'mistral'])
+def test_reference_wrapper_is_not_the_chat_template(family_models, family):
+    tiny = family_models[family]
+    tok = tiny.tokenizer
+    ours = ICR(tiny.pair)
+    chat = ICR(tiny.pair, family='none')  # what the chat template would give
+    assert chat.family is None and chat.template == 'chat' and chat.separator == '\n\n'
+    ids, chat_ids = ours.build_prompt('q', ['d']).ids, chat.build_prompt('q', ['d']).ids
+    text, chat_text = tok.decode(ids), tok.decode(chat_ids)
+    assert ids != chat_ids
+    # the chat template's rendering of the same user turn, as ICR would have used it
+    rendered = tok.apply_chat_template([{'role': 'user', 'content': 'X'}], tokenize=False, add_generation_prompt=True)
+    before, after = rendered.split('X')
+    opening = before + ' Here are some paragraphs:'
+    assert chat_text.startswith(opening) and chat_text.endswith(after)
+    assert not text.startswith(opening) and not text.endswith(after)
+    if family == 'llama-3':
+        assert 'Cutting Knowledge Date' in chat_text and 'Cutting Knowledge Date' not in text
+        assert '<|end_header_id|>\n\n' in chat_text and '<|end_header_id|>\n\n' not in text
+        assert text.startswith('<|begin_of_text|><|start_header_id|>user<|end_header_id|> Here are some paragraphs:')
+        assert text.endswith('Query: q<|eot_id|><|start_header_id|>assistant<|end_header_id|>')
+    else:
+        assert '[INST]  Here' in chat_text and ' [/INST]' in chat_text
+        assert text.startswith('<s>[INST] Here are some paragraphs:') and text.endswith('Query: q[/INST]')
+
+
+@pytest.mark.parametrize('family', ['llama-3', 'mistral'])
+def test_reference_wrapper_end_to_end(family_models, family):
+    tiny = family_models[family]
+    rows, eager = ICR(tiny.pair), ICR(tiny.pair, attention='eager')
+    a, b = rows(frame(DOCS)), eager(frame(DOCS))
+    assert len(a) == 3 and a['score'].map(math.isfinite).all()
+    np.testing.assert_allclose(a['score'], b['score'], rtol=1e-4, atol=1e-4 * b['score'].abs().max())
+    assert list(a['docno']) == list(b['docno'])
+    pq = rows.stats.per_query()
+    # the prompts fed: the reference's calibration prompt whole, then the real query's span over its prefix
+    # (reverse_order: the first-stage top document stands last)
+    p = rows.build_prompt(QUERY, DOCS[::-1])
+    assert p.ids == tiny.tokenizer(reference_prompt(family, QUERY, DOCS[::-1]))['input_ids']
+    calib = tiny.tokenizer(reference_prompt(family, 'N/A', DOCS[::-1]))['input_ids']
+    assert pq['model_calls'].iat[0] == 2 and pq['input_tokens'].iat[0] == len(calib) + len(p.suffix)
+    assert a.equals(rows(frame(DOCS)))  # deterministic
+
+
+def test_family_override_and_errors(smollm2, family_models):
+    # SmolLM2's tokenizer has no Llama-3 header tokens: forcing the wrapper is an error that says so
+    with pytest.raises(ValueError, match='start_header_id'):
+        ICR(smollm2, family='llama-3')
+    with pytest.raises(ValueError, match='family'):
+        ICR(smollm2, family='gemma')
+    forced = ICR(family_models['llama-3'].pair, family='mistral')
+    assert forced.family == 'mistral' and forced.separator == '\n\n'
+    assert forced.prompt_text('q', ['d']).startswith('<|begin_of_text|>[INST] Here')
+
+
+def test_qa_datasets_as_reference():
+    # OSU-NLP-Group/In-Context-Reranking@9117e9f experiments.py, lines 61-76
+    assert set(ICR_QA_DATASETS) >= {'trec-covid', 'fiqa', 'webis-touche2020', 'dbpedia-entity', 'nq'}
+    for name in ('trec-covid', 'irds:beir/trec-covid', 'beir/webis-touche2020/v2', 'beir/fiqa/test', 'beir/nq',
+                 'dbpedia-entity', 'hotpotqa'):
+        assert icr_retrieval_type(name) == 'QA', name
+    for name in ('beir/scifact/test', 'beir/nfcorpus', 'msmarco-passage/trec-dl-2019', 'beir-scifact', 'covid'):
+        assert icr_retrieval_type(name) == 'IE', name
