@@ -5,7 +5,7 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 
-from tiny_models import corpus_lines
+from pyterrier_llmrank.testing import corpus_lines
 from pyterrier_llmrank import UPR
 from pyterrier_llmrank.cascade import (SplitPassages, TopPassages, aggregate_passages, minilm_scorer,
                                        passage_cascade, split_passages)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conventions import check_rerank_conventions
-from tiny_models import corpus_lines
+from pyterrier_llmrank.testing import corpus_lines
 from pyterrier_llmrank.idcm import (IDCM, IDCM_CHUNK_SIZE, IDCM_KERNEL_MU, IDCM_KERNEL_SIGMA, IDCM_MAX_DOC_TOKENS,
                                     IDCM_MAX_QUERY_TOKENS, IDCM_OVERLAP, IDCM_SAMPLE_N, IDCM_TOP_K_CHUNKS, IDCMModel,
                                     distill_esm, lambda_loss, split_windows, train_etm)

@@ -49,7 +49,7 @@ def by_pair(out, inp):
 @pytest.fixture(scope='module')
 def big_frame():
     """3 queries x 14 real DL19 passages of varied length (42 pairs: batches of 16 mix queries and lengths)."""
-    from tiny_models import corpus_lines
+    from pyterrier_llmrank.testing import corpus_lines
     texts = corpus_lines(60)
     rows = []
     for q, (qid, query) in enumerate([('a', 'what is the population of manhattan'), ('b', 'define atomic bomb'),
