@@ -87,8 +87,9 @@ def corpus_path(corpus: Optional[PathLike] = None) -> Path:
         try:
             folder = datasets.find_shared(CORPUS_COLLECTION)
         except datasets.DatasetFormatError as e:
-            raise FileNotFoundError(f'the tiny-model tokenizers are trained on {CORPUS_COLLECTION}/{datasets.DOCS_FILE}, '
-                                    f'which was not found: {e}; or pass corpus=<path of a docs.jsonl.gz>') from e
+            raise FileNotFoundError(f'the tiny-model tokenizers are trained on {CORPUS_COLLECTION}/'
+                                    f'{datasets.DOCS_FILE}, which was not found: {e}; or pass '
+                                    f'corpus=<path of a docs.jsonl.gz>') from e
         path = folder / datasets.DOCS_FILE
     else:
         path = Path(corpus).expanduser()
@@ -96,7 +97,8 @@ def corpus_path(corpus: Optional[PathLike] = None) -> Path:
             path = path / datasets.DOCS_FILE
     if not path.is_file():
         raise FileNotFoundError(f'corpus file {path} not found: the tiny-model tokenizers need a docs.jsonl.gz '
-                                f'(one JSON object a line with a "text" field); set ${datasets.DATA_ENV} or pass corpus=')
+                                f'(one JSON object a line with a "text" field); set ${datasets.DATA_ENV} '
+                                f'or pass corpus=')
     return path
 
 
