@@ -3,7 +3,7 @@ as the document grows from 256 to 2000 tokens.
 
 The model has DistilBERT's width (dim 768, 12 heads, FFN 3072, CK student on 768-dim embeddings) with random
 weights built from a config, and ``--layers`` transformer layers (DistilBERT has 6); the tokenizer is the
-WordPiece vocabulary trained on the spot (tests/tiny_models.py). Speed depends on shapes, not weights.
+WordPiece vocabulary trained on the spot (pyterrier_llmrank.testing). Speed depends on shapes, not weights.
 Documents are real TREC DL 2019 passages concatenated and cut to exactly the given number of tokens. Both
 settings score the same frame (one query, ``--docs`` documents) in the same process, alternately, best of
 ``--repeats``; before timing, the script checks that the cascade with ``sample_n`` >= the number of windows
@@ -26,7 +26,6 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tests'))
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
@@ -38,7 +37,7 @@ LENGTHS = (256, 512, 1000, 1500, 2000)
 
 def build(layers: int, device: str):
     from transformers import DistilBertConfig, DistilBertModel
-    from tiny_models import train_wordpiece_tokenizer
+    from pyterrier_llmrank.testing import train_wordpiece_tokenizer
     from pyterrier_llmrank.idcm import IDCM, IDCMModel
     tok = train_wordpiece_tokenizer()
     cfg = DistilBertConfig(vocab_size=len(tok), dim=768, n_layers=layers, n_heads=12, hidden_dim=3072,
@@ -50,7 +49,7 @@ def build(layers: int, device: str):
 
 def documents(tok, n_docs: int, length: int):
     """``n_docs`` texts of exactly ``length`` tokens ([CLS] and [SEP] included) from DL19 passages."""
-    from tiny_models import corpus_lines
+    from pyterrier_llmrank.testing import corpus_lines
     lines = corpus_lines(2000)
     texts, pos = [], 0
     for _ in range(n_docs):

