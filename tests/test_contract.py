@@ -197,7 +197,7 @@ SPECS: List[Spec] = [
     Spec('ProRank', lambda m, bs: ProRank(m.tiny_llama.pair, device='cpu', **_bs(bs))),
     Spec('YesNo', lambda m, bs: YesNo(m.tiny_llama.pair, device='cpu', **_bs(bs))),
     Spec('DeARPointwise', lambda m, bs: DeARPointwise(m.tiny_cls, device='cpu', **_bs(bs))),
-    Spec('ICR', lambda m, bs: ICR(m.tiny_llama.pair, device='cpu', **_bs(bs))),
+    Spec('ICR', lambda m, bs: ICR(m.tiny_llama.pair, device='cpu'), batched=False),  # one window per pass
     Spec('IDCM', lambda m, bs: IDCM(m.tiny_idcm[0], tokenizer=m.tiny_idcm[1], device='cpu', **_bs(bs))),
     Spec('RankGPT', lambda m, bs: RankGPT(scripted(listwise_answer, m, bs or 8), window=2, step=1, **_bs(bs))),
     Spec('DeARListwise', lambda m, bs: DeARListwise(scripted(listwise_answer, m, bs or 8), window=2, step=1,
@@ -507,29 +507,12 @@ _NAN_QID_RANKS = 'a NaN qid reaches pt.model.add_ranks: pandas IntCastingNaNErro
 
 XFAIL: Dict[Tuple[str, str], str] = {
     # a NaN qid reaches pt.model.add_ranks, whose groupby drops the row: pandas IntCastingNaNError, qid not named
-    ('UPR-t5', 'nan_qid'): _NAN_QID_RANKS,
-    ('UPR-llama', 'nan_qid'): _NAN_QID_RANKS,
-    ('MonoT5', 'nan_qid'): _NAN_QID_RANKS,
-    ('DuoT5', 'nan_qid'): _NAN_QID_RANKS,
-    ('ProRank', 'nan_qid'): _NAN_QID_RANKS,
-    ('YesNo', 'nan_qid'): _NAN_QID_RANKS,
-    ('DeARPointwise', 'nan_qid'): _NAN_QID_RANKS,
-    ('IDCM', 'nan_qid'): _NAN_QID_RANKS,
-    ('RankGPT', 'nan_qid'): _NAN_QID_RANKS,
-    ('DeARListwise', 'nan_qid'): _NAN_QID_RANKS,
-    ('Setwise', 'nan_qid'): _NAN_QID_RANKS,
-    ('RankR1', 'nan_qid'): _NAN_QID_RANKS,
-    ('RankGPT-hf', 'nan_qid'): _NAN_QID_RANKS,
     ('passage_cascade', 'nan_qid'): _NAN_QID_RANKS,
     ('passages-mean', 'nan_qid'): _NAN_QID_RANKS,
     ('Fusion', 'nan_qid'): 'the retrievers add ranks by qid: IntCastingNaNError from pt.model.add_ranks, qid not named',
     ('Hybrid', 'nan_qid'): 'the retrievers add ranks by qid: IntCastingNaNError from pt.model.add_ranks, qid not named',
     ('SubQueryRetrieve', 'nan_qid'): 'IntCastingNaNError from pt.model.add_ranks, qid not named',
-    ('ICR', 'nan_qid'): 'the row of the NaN qid is dropped (groupby by qid): 5 rows out of 6, no error',
     ('GenerateAnswer', 'nan_qid'): 'the query of the NaN qid is dropped (groupby by qid): no answer row, no error',
-    # truncation
-    ('IDCM', 'nan_query'): 'a NaN query reaches the tokenizer: its "text input must be of type str" error, query not '
-                           'named',
     # passages: split_passages >> ... >> aggregate_passages
     ('passage_cascade', 'missing_columns'): "split_passages does not validate its input: KeyError 'qid' instead of "
                                             "an error naming the column",
@@ -547,10 +530,6 @@ XFAIL: Dict[Tuple[str, str], str] = {
     # qid types
     ('StoredRun', 'int_and_str_qids'): 'int qids of the topics come back as str (the run is merged on str qids)',
     ('StoredRun', 'mixed_qid_types'): 'the int qid 1 comes back as the str qid "1"',
-    ('Hybrid', 'mixed_qid_types'): 'the int qid 1 comes back as "1" from StoredRun and as 1 from the other retriever: '
-                                   'one query fused as two',
-    ('Hybrid', 'int_and_str_qids'): "StoredRun's qids come back as str, so int and str qids of the same query are "
-                                    "fused as two lists",
 }
 
 #: (spec, case) -> why it is not run (too slow to run on every test run), listed as an expected failure.
