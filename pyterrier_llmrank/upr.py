@@ -41,8 +41,8 @@ class UPR(PointwiseReranker):
     * ``kind='causal'`` (decoder-only LMs, as ``upr_gpt.py``): the same passage text as context, then
       ``"Question: {query}"`` and EOS scored as its continuation (the default, the reference's form). With
       ``chat=True`` the passage text is the user turn of the tokenizer's chat template and
-      ``"Question: {query}"`` plus the end-of-turn token the assistant's answer. On TREC DL 2019 (BM25
-      top-20, SmolLM2-135M-Instruct) the plain form scored nDCG@10 0.572 and the chat form 0.552.
+      ``"Question: {query}"`` plus the end-of-turn token the assistant's answer. The measured comparison of
+      the two forms is in ``docs/upr.md``.
 
     Unlike the reference, which truncates the whole encoder input to 512 tokens (cutting the instruction of
     long passages), only the passage text is cut: the head, instruction and question are always kept. When a
