@@ -133,6 +133,23 @@ def check_keys(cfg: Dict[str, Any], allowed: Iterable[str], recipe: str) -> None
         raise ValueError(f'unknown key(s) for recipe {recipe!r}: {unknown}; allowed: {sorted(allowed)}')
 
 
+def staged_config(config: Dict[str, Any], defaults: Dict[str, Any], recipe: str,
+                  stages: Sequence[str]) -> Dict[str, Any]:
+    """A recipe's config: ``defaults`` updated with ``config``, where the keys in ``stages`` are dictionaries of their
+    own (one per training stage) updated key by key; unknown keys at either level raise ``ValueError``."""
+    import copy
+    check_keys(config, defaults, recipe)
+    cfg = copy.deepcopy(defaults)
+    for k, v in config.items():
+        if k in stages:
+            v = v or {}
+            check_keys(v, defaults[k], f'{recipe} ({k})')
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------- seeds
 
 def set_seed(seed: int) -> None:

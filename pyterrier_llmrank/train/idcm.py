@@ -33,7 +33,6 @@ choices.
 """
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,8 +42,8 @@ import torch
 from pyterrier_llmrank.idcm import (IDCM_CHUNK_SIZE, IDCM_MAX_DOC_TOKENS, IDCM_MAX_QUERY_TOKENS, IDCM_OVERLAP,
                                     IDCM_SAMPLE_N, IDCM_TOP_K_CHUNKS, IDCMModel, load_idcm_model, save_idcm,
                                     split_windows)
-from pyterrier_llmrank.train.common import (CSVLogger, check_keys, check_run_config, read_log, set_seed, set_threads,
-                                            write_json)
+from pyterrier_llmrank.train.common import (CSVLogger, check_run_config, read_log, set_seed, set_threads,
+                                            staged_config, write_json)
 
 __all__ = ['train_etm', 'distill_esm', 'lambda_loss', 'main', 'IDCM_DEFAULTS', 'IDCM_PADDED', 'idcm_triples']
 
@@ -255,15 +254,7 @@ def idcm_triples(groups: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, str]]
 
 
 def _config(config: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(config, IDCM_DEFAULTS, 'idcm')
-    cfg = copy.deepcopy(IDCM_DEFAULTS)
-    for k, v in config.items():
-        if k in ('etm', 'esm'):
-            v = v or {}
-            check_keys(v, IDCM_DEFAULTS[k], f'idcm ({k})')
-            cfg[k].update(v)
-        else:
-            cfg[k] = v
+    cfg = staged_config(config, IDCM_DEFAULTS, 'idcm', ('etm', 'esm'))
     if not cfg['output_dir']:
         raise ValueError("recipe 'idcm' needs output_dir")
     if not cfg['etm']['enabled'] and not cfg['esm']['enabled']:

@@ -37,7 +37,6 @@ was trained with is refused (``run_config.json`` of each stage).
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -46,8 +45,9 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
-from pyterrier_llmrank.train.common import (CSVLogger, check_keys, check_run_config, latest_checkpoint, load_checkpoint,
-                                            lora_config, save_checkpoint, set_seed, set_threads, write_json)
+from pyterrier_llmrank.train.common import (CSVLogger, check_run_config, latest_checkpoint, load_checkpoint,
+                                            lora_config, save_checkpoint, set_seed, set_threads, staged_config,
+                                            write_json)
 from pyterrier_llmrank.train.grpo import (GRPO_DEFAULTS, GRPO_RUN_CONFIG_IGNORED, completion_text, load_model,
                                          run_grpo, save_outputs, write_reranker_spec)
 
@@ -235,16 +235,7 @@ def _stage2(cfg: Dict[str, Any], base: str, groups: List[Dict[str, Any]], out: P
 
 
 def _merged_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(config, PRORANK_DEFAULTS, 'prorank')
-    cfg = copy.deepcopy(PRORANK_DEFAULTS)
-    for k, v in config.items():
-        if k in ('stage1', 'stage2'):
-            v = v or {}
-            check_keys(v, PRORANK_DEFAULTS[k], f'prorank ({k})')
-            cfg[k].update(v)
-        else:
-            cfg[k] = v
-    return cfg
+    return staged_config(config, PRORANK_DEFAULTS, 'prorank', ('stage1', 'stage2'))
 
 
 def main(config: Dict[str, Any]) -> str:
