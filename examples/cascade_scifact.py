@@ -19,22 +19,17 @@ Usage (offline)::
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+import harness  # first: sets the offline environment before torch loads
+import pandas as pd
+import pyterrier as pt
+from ir_measures import nDCG
 
-import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
-from ir_measures import nDCG  # noqa: E402
-
-import pyterrier_llmrank  # noqa: E402
-from pyterrier_llmrank.cascade import passage_cascade  # noqa: E402
-from pyterrier_llmrank.dense import minilm_scorer  # noqa: E402
-from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
+import pyterrier_llmrank
+from pyterrier_llmrank.cascade import passage_cascade
+from pyterrier_llmrank.dense import minilm_scorer
+from pyterrier_llmrank.models import load_causal_lm
 
 
 def split_title(df: pd.DataFrame) -> pd.DataFrame:
@@ -44,27 +39,23 @@ def split_title(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--topics', type=int, default=10, help='first N test topics (0: all 300)')
+    ap = harness.parser(__doc__, topics=10, threads=1, batch_size=16,
+                        helps={'topics': 'first N test topics (0: all 300)'})
     ap.add_argument('--candidates', type=int, default=20)
     ap.add_argument('--k', type=int, default=1, help='passages per document that reach UPR')
     ap.add_argument('--length', type=int, default=100, help='passage length in words')
     ap.add_argument('--stride', type=int, default=100)
-    ap.add_argument('--threads', type=int, default=1)
-    ap.add_argument('--batch-size', type=int, default=16)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    harness.setup(args)
+    verbose = not args.quiet
 
-    scifact = pyterrier_llmrank.datasets.load('beir-scifact')
-    topics, qrels = scifact.get_topics(), scifact.get_qrels()
-    if args.topics:
-        topics = topics.head(args.topics)
-    bm25 = scifact.bm25() % args.candidates >> scifact.text_loader()
+    scifact, topics, qrels = harness.load('beir-scifact', args.topics)
+    bm25 = harness.first_stage(scifact, args.candidates)
     candidates = bm25 >> pt.apply.generic(split_title)
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
-    upr_all = pyterrier_llmrank.UPR(llm, batch_size=args.batch_size)
-    upr_cascade = pyterrier_llmrank.UPR(llm, batch_size=args.batch_size)
+    upr_all = pyterrier_llmrank.UPR(llm, batch_size=args.batch_size, verbose=verbose)
+    upr_cascade = pyterrier_llmrank.UPR(llm, batch_size=args.batch_size, verbose=verbose)
     minilm = minilm_scorer(batch_size=64)
     split = dict(length=args.length, stride=args.stride, title_field='title')
     systems = {

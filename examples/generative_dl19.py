@@ -26,20 +26,17 @@ unparsable and the parent stays in place).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+import harness  # first: sets the offline environment before torch loads
+import pandas as pd
+import pyterrier as pt
+import torch
+from ir_measures import AP, RR, nDCG
 
-import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
-from ir_measures import AP, RR, nDCG  # noqa: E402
-
-from pyterrier_llmrank import RankGPT, RankR1, Setwise, datasets  # noqa: E402
-from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
+from pyterrier_llmrank import RankGPT, RankR1, Setwise
+from pyterrier_llmrank.models import load_causal_lm
 
 
 METHODS = ('rankgpt', 'setwise', 'rankr1')
@@ -71,39 +68,30 @@ def run_method(name: str, reranker, candidates: pd.DataFrame, topics: pd.DataFra
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--queries', type=int, default=0, help='first N topics only (0: all 43)')
+    ap = harness.parser(__doc__, queries=0, out='generative_dl19_out', threads=1, batch_size=8,
+                        helps={'batch_size': 'prompts per generate call'})
     ap.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated subset of {",".join(METHODS)}')
-    ap.add_argument('--out', default='generative_dl19_out', help='folder for the runs, stats, traces and tables')
-    ap.add_argument('--threads', type=int, default=1,
-                    help='torch threads (1 by default: on a shared CPU, more threads than free cores make '
-                         'matrix products spin and run up to 30x slower; 0: torch default)')
     ap.add_argument('--rankgpt-tokens', type=int, default=100, help='max_new_tokens of RankGPT')
     ap.add_argument('--rankr1-tokens', type=int, default=128, help='max_new_tokens of RankR1')
-    ap.add_argument('--batch-size', type=int, default=8, help='prompts per generate call')
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         ap.error(f'unknown methods {unknown}; choose among {list(METHODS)}')
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    harness.setup(args)
+    verbose = not args.quiet
 
-    dl19 = datasets.load('msmarco-passage-trec-dl-2019')
-    topics, qrels = dl19.get_topics(), dl19.get_qrels()
-    if args.queries:
-        topics = topics.head(args.queries)
-    bm25 = dl19.get_run('bm25')
+    dl19, topics, qrels = harness.load('msmarco-passage-trec-dl-2019', args.queries)
+    bm25 = harness.first_stage(dl19)
     candidates = (bm25 % 20)(topics)
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
     make = {
         'rankgpt': lambda: RankGPT(llm, window=20, step=10, max_new_tokens=args.rankgpt_tokens,
-                                   batch_size=args.batch_size, verbose=True),
-        'setwise': lambda: Setwise(llm, num_child=19, k=10, batch_size=args.batch_size, verbose=True),
+                                   batch_size=args.batch_size, verbose=verbose),
+        'setwise': lambda: Setwise(llm, num_child=19, k=10, batch_size=args.batch_size, verbose=verbose),
         'rankr1': lambda: RankR1(llm, num_child=19, k=10, max_new_tokens=args.rankr1_tokens,
-                                 batch_size=args.batch_size, verbose=True),
+                                 batch_size=args.batch_size, verbose=verbose),
     }
     start = time.time()
     runs = {m: run_method(NAMES[m], make[m](), candidates, topics, args.out) for m in methods}

@@ -20,13 +20,12 @@ ordered by UPR, with its remaining documents appended below in first-stage order
 AP and R@100 compare lists of the same length. Passages are cut to ``--max-passage-tokens`` tokens for UPR.
 Building the dense indexes the first time encodes 18k documents (minutes on a CPU) and is not part of the timing.
 """
-import argparse
 import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
+import harness  # noqa: E402  (sets the offline environment before torch loads)
 import pandas as pd  # noqa: E402
 import pyterrier as pt  # noqa: E402
 from ir_measures import AP, R, nDCG  # noqa: E402
@@ -69,29 +68,27 @@ def experiment(runs: dict, topics: pd.DataFrame, qrels: pd.DataFrame) -> pd.Data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, full_doc=True, topics=15, depth=20, model=harness.DEFAULT_MODEL, threads=1,
+                            helps={'topics': 'topics per collection for the reranked systems (the first N; 0 = all)',
+                                   'depth': 'documents re-ranked per query', 'model': 'causal LM of UPR',
+                                   'threads': 'torch threads'})
     parser.add_argument('--collections', nargs='+', default=['vaswani', 'cranfield', 'beir-scifact'])
-    parser.add_argument('--topics', type=int, default=15, help='topics per collection for the reranked systems '
-                        '(the first N; 0 = all)')
-    parser.add_argument('--depth', type=int, default=20, help='documents re-ranked per query')
     parser.add_argument('--num-results', type=int, default=100, help='documents per first stage')
     parser.add_argument('--encoder', default='all-minilm-l6-v2', help='bi-encoder (sentence-transformers name/path)')
-    parser.add_argument('--model', default='smollm2-135m-instruct', help='causal LM of UPR')
     parser.add_argument('--max-passage-tokens', type=int, default=128)
-    parser.add_argument('--threads', type=int, default=1, help='torch threads')
     args = parser.parse_args()
+    harness.setup(args)
+    verbose = not args.quiet
 
     import torch
-    torch.set_num_threads(args.threads)
-    upr = llmrank.UPR(args.model, batch_size=16, max_passage_tokens=args.max_passage_tokens)
+    upr = llmrank.UPR(args.model, batch_size=16, max_passage_tokens=args.max_passage_tokens, verbose=verbose)
     k = args.num_results
     total = time.time()
     for name in args.collections:
-        coll = llmrank.datasets.load(name)
-        topics, qrels = coll.get_topics(), coll.get_qrels()
+        coll, topics, qrels = harness.load(name)
         cached = (dense_index_path(coll, args.encoder) / 'pt_meta.json').exists()
         t0 = time.time()
-        dense_index(coll, args.encoder)                      # built once and cached (not timed below)
+        dense_index(coll, args.encoder, verbose=verbose)     # built once and cached (not timed below)
         build = time.time() - t0
         bm25 = coll.bm25(num_results=k)
         dense = DenseRetriever(coll, args.encoder, num_results=k)

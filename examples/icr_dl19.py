@@ -13,42 +13,31 @@ default: the words per document are lowered to fit, the instruction and query ar
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+import harness  # first: sets the offline environment before torch loads
+import pandas as pd
+import pyterrier as pt
+import torch
+from ir_measures import AP, RR, nDCG
 
-import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
-from ir_measures import AP, RR, nDCG  # noqa: E402
-
-from pyterrier_llmrank import datasets  # noqa: E402
-from pyterrier_llmrank.icr import ICR  # noqa: E402
-from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
+from pyterrier_llmrank.icr import ICR
+from pyterrier_llmrank.models import load_causal_lm
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--queries', type=int, default=0, help='first N topics only (0: all 43)')
-    ap.add_argument('--out', default='icr_dl19_out', help='folder for the runs and tables')
-    ap.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    ap = harness.parser(__doc__, queries=0, out='icr_dl19_out', threads=0)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    harness.setup(args)
+    verbose = not args.quiet
 
-    dl19 = datasets.load('msmarco-passage-trec-dl-2019')
-    topics, qrels = dl19.get_topics(), dl19.get_qrels()
-    if args.queries:
-        topics = topics.head(args.queries)
-    bm25 = dl19.get_run('bm25')
+    dl19, topics, qrels = harness.load('msmarco-passage-trec-dl-2019', args.queries)
+    bm25 = harness.first_stage(dl19)
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
-    icr20, icr100 = ICR(llm, verbose=True), ICR(llm, verbose=True)
+    icr20, icr100 = ICR(llm, verbose=verbose), ICR(llm, verbose=verbose)
     measures = [nDCG @ 10, RR(rel=2) @ 10, AP(rel=2)]
     names = ['BM25', 'BM25_top20_ICR_smollm2', 'BM25_top100_ICR_smollm2']
     start = time.time()
@@ -56,7 +45,7 @@ def main() -> None:
         warnings.simplefilter('always')
         res = pt.Experiment([bm25, bm25 % 20 >> icr20, bm25 % 100 >> icr100], topics, qrels, measures, names=names,
                             baseline=0, correction='holm', save_dir=args.out, save_mode='reuse',
-                            round=4, verbose=True)
+                            round=4, verbose=verbose)
     elapsed = time.time() - start
     overflow = [str(w.message) for w in caught if 'exceed the maximum length' in str(w.message)]
     pd.set_option('display.width', 250)

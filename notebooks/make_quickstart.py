@@ -32,8 +32,9 @@ cells = [
         '`ICR` reads the attention that the query pays to each passage when all candidates share one prompt '
         '(Chen et al., ICLR 2025): two forward passes per query, no generation.'),
     nbf.v4.new_code_cell(
-        "upr = llmrank.UPR('smollm2-135m-instruct', batch_size=16)\n"
-        "icr = llmrank.ICR('smollm2-135m-instruct')\n"
+        '# verbose: a progress bar per reranker (off under the test suite); ICR shares UPR\'s loaded model\n'
+        "upr = llmrank.UPR('smollm2-135m-instruct', batch_size=16, verbose=not QUICK)\n"
+        "icr = llmrank.ICR('smollm2-135m-instruct', verbose=not QUICK)\n"
         'upr, icr'),
     nbf.v4.new_code_cell(
         'table = pt.Experiment(\n'
@@ -53,8 +54,14 @@ cells = [
         '# the checks that keep this notebook honest when it runs in the test suite\n'
         "assert {'nDCG@10 p-value', 'nDCG@10 p-value corrected'} <= set(table.columns)\n"
         "assert len(upr.stats.per_query()) == len(topics)\n"
+        "assert upr.model is icr.model  # one loaded copy of SmolLM2 for both rerankers\n"
         "assert (icr.stats.per_query()['model_calls'] == 2).all()  # two forward passes per query"),
 ]
+# fixed cell ids, so that regenerating the notebook changes only what changed
+CELL_IDS = ['e9cd9ec1', '563dd0fe', 'a2530c38', 'b25eeb5d', '2bd8f5bd', '54f214db', 'ab4874f9', '723ac83b']
+assert len(CELL_IDS) == len(cells), 'one id per cell: add an id for a new cell'
+for cell, cell_id in zip(cells, CELL_IDS):
+    cell['id'] = cell_id
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
     'language_info': {'name': 'python'}})

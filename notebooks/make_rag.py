@@ -47,11 +47,13 @@ cells = [
         'first_stage = bm25 if QUICK else Hybrid(bm25, DenseRetriever(scifact, num_results=50), fusion="rrf", '
         'num_results=50)\n'
         'depth = 3 if QUICK else 10\n\n'
-        'rewrite = QueryRewrite(llm, max_new_tokens=32)\n'
-        'decompose = QueryDecompose(llm, max_subqueries=3, max_new_tokens=48)\n'
+        'progress = not QUICK  # progress bars of the LLM steps, off under the test suite\n'
+        'rewrite = QueryRewrite(llm, max_new_tokens=32, verbose=progress)\n'
+        'decompose = QueryDecompose(llm, max_subqueries=3, max_new_tokens=48, verbose=progress)\n'
         'retrieve = SubQueryRetrieve(first_stage, fusion="rrf", num_results=50)\n'
-        "upr = llmrank.UPR('smollm2-135m-instruct', max_passage_tokens=128)\n"
-        'answer = GenerateAnswer(llm, k=3, max_passage_tokens=96, max_new_tokens=32 if QUICK else 160)\n\n'
+        "upr = llmrank.UPR('smollm2-135m-instruct', max_passage_tokens=128, verbose=progress)\n"
+        'answer = GenerateAnswer(llm, k=3, max_passage_tokens=96, max_new_tokens=32 if QUICK else 160,\n'
+        '                        verbose=progress)\n\n'
         'retrieval = rewrite >> decompose >> retrieve\n'
         'rag = retrieval % depth >> scifact.text_loader() >> upr >> answer\n'
         'rag'),
@@ -91,6 +93,11 @@ cells = [
         "assert (answer.stats.per_query()['sequences'] >= 1).all()\n"
         "assert len(table) == len(systems)"),
 ]
+# fixed cell ids, so that regenerating the notebook changes only what changed
+CELL_IDS = ['a9d13ade', '4e0b578b', 'e0e2e68c', '4f57a83b', '56f8cc4a', 'e21e3e46', '916421db', '34a1b3da', '921ffe1d', '9d8506f0', '4b70cc9b', 'bc55a30c']
+assert len(CELL_IDS) == len(cells), 'one id per cell: add an id for a new cell'
+for cell, cell_id in zip(cells, CELL_IDS):
+    cell['id'] = cell_id
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
     'language_info': {'name': 'python'}})

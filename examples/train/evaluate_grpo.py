@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # examples/, for the harness
 
+import harness  # noqa: E402  (sets the offline environment before torch loads)
 import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
 from ir_measures import AP, RR, nDCG  # noqa: E402
 
 import pyterrier_llmrank  # noqa: E402
@@ -36,7 +35,7 @@ RANKR1 = ['RankR1 before', 'RankR1 after']
 
 
 def build(name: str, args: argparse.Namespace) -> pt.Transformer:
-    kw = dict(batch_size=args.batch_size, verbose=True, device='cpu', dtype='float32')
+    kw = dict(batch_size=args.batch_size, verbose=not args.quiet, device='cpu', dtype='float32')
     if name in PRORANK:
         folder = {'ProRank before': 'smollm2-135m-instruct',
                   'ProRank stage 1': os.path.join(args.prorank, 'stage1', 'model'),
@@ -56,27 +55,20 @@ def _markdown(df) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = harness.parser(__doc__, topics=30, depth=10, out='build/train/eval-grpo', threads=1, batch_size=8,
+                        helps={'topics': 'first N test topics (0: all 300)', 'depth': 'BM25 candidates reranked',
+                               'out': 'folder for the saved runs'})
     ap.add_argument('--prorank', default='build/train/prorank-cpu', help='output folder of the prorank recipe')
     ap.add_argument('--rank-r1', default=None, help='model folder of the grpo-rank-r1 recipe (adds RankR1 runs)')
-    ap.add_argument('--topics', type=int, default=30, help='first N test topics (0: all 300)')
-    ap.add_argument('--depth', type=int, default=10, help='BM25 candidates reranked')
     ap.add_argument('--max-length', type=int, default=64, help='ProRank query + document tokens (as in training)')
     ap.add_argument('--passage-tokens', type=int, default=32, help='RankR1 passage tokens (as in training)')
     ap.add_argument('--new-tokens', type=int, default=64, help='RankR1 tokens generated per comparison')
-    ap.add_argument('--out', default='build/train/eval-grpo', help='folder for the saved runs')
-    ap.add_argument('--threads', type=int, default=1)
-    ap.add_argument('--batch-size', type=int, default=8)
     ap.add_argument('--only', nargs='*', default=None, help='compute only these systems')
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    harness.setup(args)
 
-    scifact = pyterrier_llmrank.datasets.load('beir-scifact')
-    topics, qrels = scifact.get_topics(), scifact.get_qrels()
-    if args.topics:
-        topics = topics.head(args.topics)
-    first = (scifact.bm25() % args.depth >> scifact.text_loader())(topics)
+    scifact, topics, qrels = harness.load('beir-scifact', args.topics)
+    first = harness.first_stage(scifact, args.depth)(topics)
     stage1 = pt.Transformer.from_df(first, uniform=False)
     names = ['BM25'] + PRORANK + (RANKR1 if args.rank_r1 else [])
     todo = args.only or names
@@ -87,11 +79,8 @@ def main() -> None:
             systems.append(stage1 >> pt.Transformer.identity())  # BM25, or a run reused from --out
             continue
         reranker = build(name, args)
-        t0 = time.time()
-        res = reranker(first)
-        dt = time.time() - t0
+        res, _ = harness.timed(name, reranker, first, len(topics))
         systems.append(pt.Transformer.from_df(res, uniform=False))
-        print(f'{name}: {dt:.1f} s, {dt / len(topics):.2f} s/query', flush=True)
         del reranker
     if args.only:  # compute and save only
         names_done = [n for n in names if n in todo or n == 'BM25']

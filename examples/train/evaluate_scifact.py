@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # examples/, for the harness
 
+import harness  # noqa: E402  (sets the offline environment before torch loads)
 import pyterrier as pt  # noqa: E402
-import torch  # noqa: E402
 from ir_measures import AP, RR, nDCG  # noqa: E402
 
 import pyterrier_llmrank  # noqa: E402
@@ -42,7 +41,7 @@ NAMES = ['BM25', 'UPR (teacher)', 'DeAR before', 'DeAR distilled', 'YesNo zero-s
 
 
 def build(name: str, args: argparse.Namespace) -> pt.Transformer:
-    kw = dict(batch_size=args.batch_size, verbose=True, device='cpu', dtype='float32')
+    kw = dict(batch_size=args.batch_size, verbose=not args.quiet, device='cpu', dtype='float32')
     if name == 'UPR (teacher)':
         return pyterrier_llmrank.UPR('smollm2-135m-instruct', max_passage_tokens=128, **kw)
     if name == 'DeAR before':
@@ -52,7 +51,7 @@ def build(name: str, args: argparse.Namespace) -> pt.Transformer:
                               max_passage_tokens=cfg['max_passage_tokens'], bos_token=cfg['bos_token'])
         student.model.eval()
         scorer = student.scorer
-        scorer.batch_size, scorer.verbose = args.batch_size, True
+        scorer.batch_size, scorer.verbose = args.batch_size, not args.quiet
         return scorer
     if name == 'DeAR distilled':
         return pyterrier_llmrank.DeARPointwise(os.path.join(args.runs, 'distill'), max_passage_tokens=131, **kw)
@@ -63,23 +62,16 @@ def build(name: str, args: argparse.Namespace) -> pt.Transformer:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--topics', type=int, default=50, help='first N test topics (0: all 300)')
+    ap = harness.parser(__doc__, topics=50, out='build/train/eval', threads=1, batch_size=8,
+                        helps={'topics': 'first N test topics (0: all 300)', 'out': 'folder for the saved runs'})
     ap.add_argument('--runs', default='build/train', help='folder holding the sft/contrastive/distill outputs')
     ap.add_argument('--configs', default='examples/train', help='folder of the recipe configs')
-    ap.add_argument('--out', default='build/train/eval', help='folder for the saved runs')
-    ap.add_argument('--threads', type=int, default=1)
-    ap.add_argument('--batch-size', type=int, default=8)
     ap.add_argument('--only', nargs='*', default=None, choices=NAMES, help='compute only these systems')
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    harness.setup(args)
 
-    scifact = pyterrier_llmrank.datasets.load('beir-scifact')
-    topics, qrels = scifact.get_topics(), scifact.get_qrels()
-    if args.topics:
-        topics = topics.head(args.topics)
-    first = (scifact.bm25() % 20 >> scifact.text_loader())(topics)
+    scifact, topics, qrels = harness.load('beir-scifact', args.topics)
+    first = harness.first_stage(scifact, 20)(topics)
     stage1 = pt.Transformer.from_df(first, uniform=False)
     names = args.only or NAMES
     systems, times = [], {}
@@ -92,12 +84,9 @@ def main() -> None:
             systems.append(stage1 >> pt.Transformer.identity())
             continue
         reranker = build(name, args)
-        t0 = time.time()
-        res = reranker(first)
-        times[name] = time.time() - t0
+        res, times[name] = harness.timed(name, reranker, first, len(topics))
         pt.io.write_results(res, saved)  # kept at once (pt.Experiment reads it back with save_mode='reuse')
         systems.append(pt.Transformer.from_df(res, uniform=False))
-        print(f'{name}: {times[name]:.1f} s, {times[name] / len(topics):.2f} s/query', flush=True)
         del reranker
     for baseline in ([names.index('BM25')] if 'BM25' in names else [None]) + \
             [names.index(b) for b in ('DeAR before', 'YesNo zero-shot') if b in names]:
