@@ -465,35 +465,48 @@ def real_frame():
                          'text': texts, 'score': [5., 4., 3., 2., 1.]})
 
 
-def check_real(rr, min_calls, max_calls=None):
+def check_real(make, smollm2, min_calls, max_calls=None):
+    """A real SmolLM2 run of the reranker ``make(model)`` builds: a valid frame; counters that match the trace;
+    the same output and answers when run again (greedy decoding is deterministic); and the same ranking when the
+    trace's raw answers are replayed through a scripted backend, i.e. the order is what the answers imply."""
+    rr = make(smollm2)
     out = rr(real_frame())
     pta.validate.result_frame(out, extra_columns=['score', 'rank'])
     assert sorted(out['docno']) == [f'd{i}' for i in range(5)]
     np.testing.assert_array_equal(np.sort(out['score'].to_numpy()), -np.arange(5, 0, -1, dtype=float))
-    pq = rr.stats.per_query()
+    pq, trace = rr.stats.per_query(), rr.trace()
     calls = pq['sequences'].iloc[0]
-    assert calls == len(rr.trace()) and min_calls <= calls <= (max_calls or min_calls)
+    assert calls == len(trace) and min_calls <= calls <= (max_calls or min_calls)
     assert pq['generated_tokens'].iloc[0] > 0 and pq['seconds'].iloc[0] > 0
-    assert pq['repaired'].iloc[0] + pq['unparsable'].iloc[0] <= calls
-    assert rr.trace()['output'].map(len).sum() > 0
+    for status in ('repaired', 'unparsable'):  # the counters are the trace's statuses
+        assert pq[status].iloc[0] == (trace['status'] == status).sum()
+    assert trace['output'].map(len).sum() > 0
+    rr.reset()  # determinism: the same answers and output again
+    again = rr(real_frame())
+    assert rr.trace()['output'].tolist() == trace['output'].tolist()
+    assert ranking(again, '1') == ranking(out, '1')
+    replay = make(ScriptedBackend(trace['output'].tolist(), tokenizer=smollm2[1]))
+    replayed = replay(real_frame())
+    assert ranking(replayed, '1') == ranking(out, '1')
+    assert replay.trace()[['docnos', 'answer', 'status']].equals(trace[['docnos', 'answer', 'status']])
     return out
 
 
 def test_real_rankgpt(smollm2):
-    check_real(RankGPT(smollm2, max_new_tokens=24, device='cpu'), 1)
+    check_real(lambda m: RankGPT(m, max_new_tokens=24, device='cpu'), smollm2, 1)
 
 
 def test_real_dear(smollm2):
-    check_real(DeARListwise(smollm2, window=4, step=2, max_new_tokens=24, device='cpu'), 2)  # [1, 5), [0, 4)
+    check_real(lambda m: DeARListwise(m, window=4, step=2, max_new_tokens=24, device='cpu'), smollm2, 2)  # [1, 5), [0, 4)
 
 
 def test_real_setwise(smollm2):
     # build: node 1, node 0 (+ node 1 again after a swap); extract once: node 0 (+ node 1 after a swap)
-    check_real(Setwise(smollm2, num_child=2, k=2, device='cpu'), 3, 5)
+    check_real(lambda m: Setwise(m, num_child=2, k=2, device='cpu'), smollm2, 3, 5)
 
 
 def test_real_rankr1(smollm2):
-    check_real(RankR1(smollm2, num_child=4, k=1, max_new_tokens=16, device='cpu'), 1)  # one node of 5 documents
+    check_real(lambda m: RankR1(m, num_child=4, k=1, max_new_tokens=16, device='cpu'), smollm2, 1)  # one node of 5 docs
 
 
 # -- titles, as each reference writes them ----------------------------------------------------------------------
