@@ -255,9 +255,18 @@ def test_grpo_rank_r1_recipe_output_loads_into_rankr1(tiny_llama, tmp_path, data
     groups = training_groups(str(data_dir / 'beir-scifact' / 'train'), n_negatives=3, max_queries=1)
     ranker = load_reranker(out, num_child=3, k=2, max_new_tokens=4, device='cpu')  # reranker.json: 16/16 tokens
     assert isinstance(ranker, RankR1) and ranker.max_passage_tokens == 16 and ranker.max_query_tokens == 16
-    res = ranker(_docs_frame(groups))
+    frame = _docs_frame(groups)
+    res = ranker(frame)
     assert len(res) == 4 and sorted(res['rank']) == [0, 1, 2, 3]
-    assert ranker.stats.per_query()['sequences'].sum() >= 1  # the model generated
+    trace, pq = ranker.trace(), ranker.stats.per_query()
+    assert pq['sequences'].sum() == len(trace) >= 1  # the model generated, once per traced comparison
+    assert pq['unparsable'].sum() == (trace['status'] == 'unparsable').sum()
+    # the output order is what the model's answers imply: replaying them through a scripted backend gives it
+    from pyterrier_llmrank import ScriptedBackend
+    replay = RankR1(ScriptedBackend(trace['output'].tolist(), tokenizer=ranker.tokenizer), num_child=3, k=2,
+                    max_passage_tokens=16, max_query_tokens=16, max_new_tokens=4)
+    order = lambda df: df.sort_values(['qid', 'rank'])['docno'].tolist()  # noqa: E731
+    assert order(replay(frame)) == order(res)
 
 
 def test_prorank_recipe_both_stages_output_loads_into_prorank(tiny_llama, tmp_path, data_dir):
