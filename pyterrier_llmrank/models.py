@@ -260,10 +260,14 @@ def _explicit(value: Any) -> bool:
     return value is not None and value != 'auto'
 
 
+def _same_device(wanted: torch.device, actual: torch.device) -> bool:
+    """``cuda`` (no index) matches any CUDA device; otherwise type and index must agree."""
+    return wanted.type == actual.type and (wanted.index is None or wanted.index == actual.index)
+
+
 def _from_handle(handle: LoadedModel, device: Any, dtype: Any) -> LoadedModel:
     """A handle given as the model: used as it is; an explicit device or dtype that differs is an error."""
-    if _explicit(device) and resolve_device(device) != handle.device and not (
-            resolve_device(device).type == handle.device.type and resolve_device(device).index is None):
+    if _explicit(device) and not _same_device(resolve_device(device), handle.device):
         raise ValueError(f'the model {handle.name!r} is loaded on {handle.device}, not {device}: load it there '
                          'or leave device="auto"')
     if _explicit(dtype) and resolve_dtype(dtype, handle.device) != handle.dtype:

@@ -58,3 +58,52 @@ def test_pair_passes_through(tiny_llama):
     model, tok = models.load_causal_lm(tiny_llama.pair, device='cpu', dtype='float32')
     assert model is tiny_llama.model and tok is tiny_llama.tokenizer
     assert models.model_name(tiny_llama.pair)
+
+
+# -- the loaded-model handle --------------------------------------------------------------------------------------
+
+def test_one_copy_per_path_device_dtype(tiny_llama):
+    """Loading the same (path, device, dtype) twice gives the same handle, so rerankers share one copy of the
+    weights; another dtype is another copy; a handle is freed when nothing holds it."""
+    import gc
+    import weakref
+    import torch
+    from pyterrier_llmrank import ICR, UPR
+    a = models.load_causal_lm(tiny_llama.path, device='cpu', dtype='float32')
+    assert models.load_causal_lm(tiny_llama.path, device='cpu', dtype='float32') is a
+    model, tokenizer = a  # unpacks as the (model, tokenizer) pair it wraps
+    assert model is a.model and tokenizer is a.tokenizer and a[0] is model
+    upr, icr = UPR(tiny_llama.path, device='cpu', dtype='float32'), ICR(tiny_llama.path, device='cpu', dtype='float32')
+    assert upr.lm is a and icr.model is a.model
+    half = models.load_causal_lm(tiny_llama.path, device='cpu', dtype='bfloat16')
+    assert half is not a and half.dtype == torch.bfloat16
+    ref = weakref.ref(half)
+    del half
+    gc.collect()
+    assert ref() is None
+
+
+def test_handle_given_is_used_as_is(tiny_llama):
+    from pyterrier_llmrank import YesNo
+    lm = models.load_causal_lm(tiny_llama.pair, device='cpu')
+    assert YesNo(lm).lm is lm
+    with pytest.raises(ValueError, match='loaded in torch.float32, not bfloat16'):
+        YesNo(lm, dtype='bfloat16')
+    with pytest.raises(ValueError, match='tokenizer cannot override'):
+        models.load_causal_lm(lm, tokenizer=lm.tokenizer)
+
+
+def test_token_helpers(tiny_llama):
+    lm = models.load_causal_lm(tiny_llama.pair, device='cpu')
+    tok = tiny_llama.tokenizer
+    assert lm.ids('hello world') == tok('hello world', add_special_tokens=False)['input_ids']
+    assert lm.piece_ids('') == [] and lm.piece_ids('cat') == lm.ids('cat')  # byte-level BPE: no word-start marker
+    assert lm.pad_id == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    before, after, _ = lm.chat_parts()
+    assert lm.chat_parts() == (before, after, _) and lm.has_chat_template
+    assert len(lm.prefix_kv()) == 0
+
+
+def test_unknown_model_error_names_it():
+    with pytest.raises(OSError, match='no-such-model-here'):
+        models.load_causal_lm('no-such-model-here', device='cpu')
