@@ -22,3 +22,14 @@ __all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'M
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
            'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']
+
+#: Multimodal rerankers, imported on first use (their vision-language imports are slow).
+_LAZY = {'MMR5': 'pyterrier_llmrank.mmr5', 'VLYesNo': 'pyterrier_llmrank.mmyesno'}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

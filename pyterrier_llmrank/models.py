@@ -435,3 +435,136 @@ def model_name(model: ModelRef) -> str:
     if isinstance(model, tuple):
         return _pair_name(model[0])
     return str(model)
+
+
+# ------------------------------------------------------------------------------------- vision-language models
+
+class LoadedVLM(LoadedModel):
+    """A loaded vision-language model (Qwen2.5-VL family): a :class:`LoadedModel` with the ``processor`` (an
+    :class:`~pyterrier_llmrank.vlm.ImageTextProcessor`: image processor, tokenizer and chat template) besides the
+    model and its tokenizer. It unpacks as ``model, tokenizer`` like every handle."""
+
+    def __init__(self, model: Any, processor: Any, name: Optional[str] = None) -> None:
+        super().__init__(model, processor.tokenizer, name)
+        self.processor = processor
+
+    def __repr__(self) -> str:
+        return f'LoadedVLM({self.name!r}, {type(self.model).__name__}, {self.device}, {self.dtype})'
+
+
+def _set_pixels(image_processor: Any, min_pixels: Optional[int], max_pixels: Optional[int]) -> None:
+    """Set the resolution bounds of a Qwen2-VL image processor (``size``: shortest/longest edge in pixels)."""
+    if min_pixels is None and max_pixels is None:
+        return
+    size = image_processor.size
+    lo = int(min_pixels) if min_pixels is not None else size['shortest_edge']
+    hi = int(max_pixels) if max_pixels is not None else size['longest_edge']
+    if lo > hi:
+        raise ValueError(f'min_pixels ({lo}) must not exceed max_pixels ({hi})')
+    image_processor.size = type(size)(shortest_edge=lo, longest_edge=hi) if not isinstance(size, dict) else \
+        {**size, 'shortest_edge': lo, 'longest_edge': hi}
+
+
+def _vl_processor(source: Any) -> Any:
+    """An :class:`~pyterrier_llmrank.vlm.ImageTextProcessor` from a folder/hub name, or from a processor object
+    (any object with ``image_processor`` and ``tokenizer``); without a chat template in the folder, Qwen2-VL's."""
+    from pyterrier_llmrank.vlm import QWEN2_VL_CHAT_TEMPLATE, ImageTextProcessor
+    if isinstance(source, ImageTextProcessor):
+        return source
+    if hasattr(source, 'image_processor') and hasattr(source, 'tokenizer'):
+        template = getattr(source, 'chat_template', None) or getattr(source.tokenizer, 'chat_template', None)
+        return ImageTextProcessor(source.image_processor, source.tokenizer,
+                                  chat_template=template or QWEN2_VL_CHAT_TEMPLATE)
+    try:
+        proc = ImageTextProcessor.from_pretrained(str(source))
+    except OSError as e:
+        raise OSError(f'could not load the image processor and tokenizer of {str(source)!r}: {e}') from e
+    if not getattr(proc, 'chat_template', None):
+        proc.chat_template = getattr(proc.tokenizer, 'chat_template', None) or QWEN2_VL_CHAT_TEMPLATE
+    return proc
+
+
+def load_vlm(model: Any, device: Union[str, torch.device, None] = 'auto', dtype: Any = 'auto', *,
+             processor: Any = None, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None,
+             shared: bool = True, **kwargs: Any) -> LoadedVLM:
+    """Load a vision-language model (Qwen2.5-VL family) and its processor, without torchvision.
+
+    The model is loaded with ``AutoModelForImageTextToText``; the processor is an
+    :class:`~pyterrier_llmrank.vlm.ImageTextProcessor` (image processor, tokenizer and chat template, no video
+    processor: transformers' own ``Qwen2_5_VLProcessor`` cannot be built without torchvision).
+
+    Args:
+        model: hub name or local folder (a folder holding a peft adapter is loaded on its base and merged), a
+            ``(model, processor)`` pair (any processor with ``image_processor`` and ``tokenizer``) or a
+            :class:`LoadedVLM`.
+        device, dtype: as :func:`load_causal_lm`.
+        processor: a processor (object, name or folder) overriding the model's own.
+        min_pixels, max_pixels: bounds of the image resolution (pixels; ``None`` keeps the processor's). A handle
+            shared by several rerankers shares these bounds: loading the same model with other bounds gives
+            another handle.
+        shared: share the handle with other loads of the same arguments (weakly, as every loader here).
+        **kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``).
+
+    Returns:
+        A :class:`LoadedVLM`, the model in eval mode on ``device``.
+    """
+    from transformers import AutoModelForImageTextToText
+    if isinstance(model, LoadedVLM):
+        if processor is not None or min_pixels is not None or max_pixels is not None:
+            raise ValueError('processor, min_pixels and max_pixels cannot change a loaded model; load it with them')
+        return _from_handle(model, device, dtype)  # type: ignore[return-value]
+    if isinstance(model, LoadedModel):
+        raise ValueError(f'{model.name!r} is loaded as a text model; pass the name, a folder or a '
+                         '(model, processor) pair to load_vlm')
+    dev = resolve_device(device)
+    if isinstance(model, tuple):
+        mdl, proc = model
+        proc = _vl_processor(processor if processor is not None else proc)
+        _set_pixels(proc.image_processor, min_pixels, max_pixels)
+        if _explicit(dtype):
+            mdl = mdl.to(resolve_dtype(dtype, dev))
+        mdl = mdl.to(dev)
+        mdl.eval()
+        return LoadedVLM(mdl, proc)
+    adapter = local_adapter(model)
+    path = str(adapter) if adapter is not None else resolve_model_path(model)
+    proc_key = processor if processor is None or isinstance(processor, (str, os.PathLike)) else id(processor)
+    key = ('vlm', os.path.abspath(path) if os.path.exists(path) else path, str(dev), str(resolve_dtype(dtype, dev)),
+           str(proc_key), min_pixels, max_pixels, _hashable(tuple(sorted(kwargs.items()))))
+    with _LOCK:
+        handle = _LOADED.get(key) if shared else None
+    if handle is not None:
+        return handle  # type: ignore[return-value]
+    if adapter is not None:
+        from peft import PeftConfig, PeftModel
+        base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
+        if not base:
+            raise ValueError(f'{adapter}/adapter_config.json names no base_model_name_or_path')
+        if processor is None:
+            has_own = (adapter / 'tokenizer_config.json').exists()
+            processor = str(adapter) if has_own else base
+        loaded = load_vlm(base, device, dtype, processor=processor, min_pixels=min_pixels, max_pixels=max_pixels,
+                          shared=False, **kwargs)
+        mdl = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
+        mdl.eval()
+        mdl.config._name_or_path = str(adapter)
+        handle = LoadedVLM(mdl, loaded.processor, str(model))
+    else:
+        try:
+            mdl = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **kwargs)
+        except OSError as e:
+            raise OSError(f'could not load the vision-language model {str(model)!r} (looked for {path!r} as a local '
+                          f'folder and, unless HF_HUB_OFFLINE=1, on the Hugging Face hub): {e}') from e
+        proc = _vl_processor(resolve_model_path(processor) if isinstance(processor, (str, os.PathLike))
+                             else processor if processor is not None else path)
+        _set_pixels(proc.image_processor, min_pixels, max_pixels)
+        mdl = mdl.to(dev)
+        mdl.eval()
+        handle = LoadedVLM(mdl, proc, str(model))
+    if shared:
+        with _LOCK:
+            _LOADED[key] = handle
+    return handle
+
+
+__all__ += ['LoadedVLM', 'load_vlm']

@@ -303,3 +303,77 @@ def build_tiny_llama(folder: PathLike, tokenizer: Any = 'smollm2', *, hidden_siz
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     return _finish(model, tok, folder)
+
+
+# --------------------------------------------------------------------------------------------- Qwen2.5-VL
+
+class TinyVLM(NamedTuple):
+    """A built vision-language model: ``model`` (eval mode, CPU, float32), its ``processor``
+    (:class:`~pyterrier_llmrank.vlm.ImageTextProcessor`) and the folder ``path`` holding both."""
+
+    model: Any
+    processor: Any
+    path: str
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def pair(self):
+        """``(model, processor)``, the form :func:`pyterrier_llmrank.models.load_vlm` accepts."""
+        return (self.model, self.processor)
+
+
+def build_tiny_qwen2_5_vl(folder: PathLike, *, hidden_size: int = 64, num_layers: int = 2, vision_layers: int = 2,
+                          vision_hidden: int = 32, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112,
+                          seed: int = 0) -> TinyVLM:
+    """A random ``Qwen2_5_VLForConditionalGeneration`` (2 text layers of width 64 with mrope sections [2, 3, 3],
+    2 vision layers; about 300k parameters), saved with its processor so that
+    :func:`pyterrier_llmrank.models.load_vlm` loads it by path.
+
+    The tokenizer is the byte-level BPE of :func:`train_bpe_tokenizer` (vocabulary 2000, ChatML) with Qwen's vision
+    tokens added (:data:`~pyterrier_llmrank.vlm.QWEN_VISION_TOKENS`), ``<|endoftext|>`` as pad and
+    ``<|im_end|>`` as EOS as Qwen's, and Qwen2.5-VL's chat template; the image processor is Qwen2-VL's (PIL
+    backend) with a small resolution (``min_pixels`` 56x56, ``max_pixels`` 112x112: 4 to 16 image tokens a
+    picture). Weights are seeded.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from pyterrier_llmrank.vlm import QWEN2_VL_CHAT_TEMPLATE, QWEN_VISION_TOKENS, ImageTextProcessor
+    tok = train_bpe_tokenizer()
+    tok.add_special_tokens({'additional_special_tokens': list(QWEN_VISION_TOKENS)})
+    tok.pad_token = '<|endoftext|>'
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VISION_TOKENS}
+    specials = dict(bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         rope_scaling={'type': 'mrope', 'mrope_section': [2, 3, 3]}, **specials),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                           num_heads=2, out_hidden_size=hidden_size, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=56, fullatt_block_indexes=[vision_layers - 1]),
+        image_token_id=ids['<|image_pad|>'], video_token_id=ids['<|video_pad|>'],
+        vision_start_token_id=ids['<|vision_start|>'], vision_end_token_id=ids['<|vision_end|>'],
+        tie_word_embeddings=True, **specials)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.bos_token_id = None
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    processor = ImageTextProcessor(Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels), tok,
+                                   chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.config._name_or_path = str(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    return TinyVLM(model, processor, str(folder))
+
+
+__all__ += ['TinyVLM', 'build_tiny_qwen2_5_vl']

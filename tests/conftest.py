@@ -72,3 +72,11 @@ def tiny_llama(tiny_models_dir):
     ids pinned by golden tests do not depend on the cache)."""
     from pyterrier_llmrank.testing import build_tiny_llama
     return build_tiny_llama(tiny_models_dir / 'llama')
+
+
+@pytest.fixture(scope='session')
+def tiny_qwen_vl(tiny_models_dir):
+    """Tiny Qwen2_5_VLForConditionalGeneration (2 text layers of width 64, mrope [2, 3, 3], 2 vision layers) with a
+    BPE tokenizer holding Qwen's vision tokens and Qwen2.5-VL's chat template; a TinyVLM(model, processor, path)."""
+    from pyterrier_llmrank.testing import build_tiny_qwen2_5_vl
+    return build_tiny_qwen2_5_vl(tiny_models_dir / 'qwen2_5_vl')

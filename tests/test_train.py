@@ -135,7 +135,8 @@ def test_example_configs_and_overrides(tmp_path):
     assert cfg == {'lora': {'r': 8, 'alpha': 4}, 'steps': 10, 'output_dir': '/x', 'tau': 0.5}
     with pytest.raises(ValueError, match='unknown key'):
         resolve_config({'output_dir': '/x', 'stepz': 3}, 'sft', YESNO_DEFAULTS)
-    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'grpo-rank-r1', 'prorank', 'idcm'}
+    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'grpo-rank-r1', 'prorank', 'idcm', 'mm-r5', 'vl-sft',
+                            'vl-contrastive'}
     with pytest.raises(ValueError, match='unknown recipe'):
         get_recipe('dpo')
 

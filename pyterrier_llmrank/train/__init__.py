@@ -10,6 +10,9 @@ straight into the named reranker):
 ``grpo-rank-r1``   GRPO for Rank-R1 (:mod:`.grpo`)                             ``RankR1``
 ``prorank``        ProRank prompt warm-up + score learning (:mod:`.prorank`)   ``ProRank``
 ``idcm``           IDCM: ETM, then ESM distilled from it (:mod:`.idcm`)        ``IDCM``
+``mm-r5``          MM-R5: SFT warm-up, then GRPO (:mod:`.mmr5`)                ``MMR5``
+``vl-sft``         multimodal yes/no, SFT (:mod:`.vlyesno`)                    ``VLYesNo``
+``vl-contrastive`` multimodal yes/no, InfoNCE (:mod:`.vlyesno`)                ``VLYesNo``
 =================  ==========================================================  =====================
 
 Training data come from :func:`pyterrier_llmrank.train.data.training_groups`.
@@ -29,6 +32,9 @@ RECIPES: Dict[str, str] = {
     'grpo-rank-r1': 'pyterrier_llmrank.train.grpo:main_rank_r1',
     'prorank': 'pyterrier_llmrank.train.prorank:main',
     'idcm': 'pyterrier_llmrank.train.idcm:main',
+    'mm-r5': 'pyterrier_llmrank.train.mmr5:main',
+    'vl-sft': 'pyterrier_llmrank.train.vlyesno:main_sft',
+    'vl-contrastive': 'pyterrier_llmrank.train.vlyesno:main_contrastive',
 }
 
 

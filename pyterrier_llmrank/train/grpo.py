@@ -235,13 +235,15 @@ def _last_checkpoint(folder: Path) -> Optional[str]:
 
 def run_grpo(cfg: Dict[str, Any], model: Any, tokenizer: Any, examples: List[Dict[str, Any]],
              reward_funcs: List[Callable[..., List[float]]], output_dir: Path,
-             reward_weights: Optional[List[float]] = None, settings: Optional[Dict[str, Any]] = None) -> Any:
+             reward_weights: Optional[List[float]] = None, settings: Optional[Dict[str, Any]] = None,
+             grpo_args: Optional[Dict[str, Any]] = None) -> Any:
     """Runs trl's ``GRPOTrainer`` with LoRA on ``examples``; resumes from the newest checkpoint of
     ``output_dir/checkpoints`` when ``cfg['resume']``; logs to ``output_dir/log.csv``.
 
     ``settings`` (default ``cfg``) are the settings of the run, recorded in ``output_dir/run_config.json``; a
     checkpoint written with other settings is not resumed (``ValueError``,
-    :func:`~pyterrier_llmrank.train.common.check_run_config`).
+    :func:`~pyterrier_llmrank.train.common.check_run_config`). ``grpo_args`` are further ``GRPOConfig`` arguments
+    (e.g. ``num_iterations``, ``epsilon``); ``tokenizer`` may be a processor (vision-language models).
 
     Returns:
         The trained ``PeftModel`` (adapter not merged).
@@ -267,7 +269,7 @@ def run_grpo(cfg: Dict[str, Any], model: Any, tokenizer: Any, examples: List[Dic
         save_strategy='steps', save_steps=int(cfg['save_steps']), save_total_limit=cfg['save_total_limit'],
         seed=int(cfg['seed']), data_seed=int(cfg['seed']), report_to='none', use_cpu=use_cpu, bf16=False,
         reward_weights=reward_weights, log_completions=False, disable_tqdm=False, use_vllm=False,
-        gradient_checkpointing=bool(cfg['gradient_checkpointing']), dataloader_num_workers=0)
+        gradient_checkpointing=bool(cfg['gradient_checkpointing']), dataloader_num_workers=0, **(grpo_args or {}))
     columns = GRPO_LOG_COLUMNS + [f'reward/{f.__name__}' for f in reward_funcs]
     set_seed(int(cfg['seed']))  # the LoRA initialisation (replaced by the checkpoint's weights on resume)
     peft_cfg = lora_config(r=cfg['lora_r'], alpha=cfg['lora_alpha'], dropout=cfg['lora_dropout'],

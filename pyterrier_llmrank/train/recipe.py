@@ -40,6 +40,8 @@ RERANKERS: Dict[str, str] = {
     'RankGPT': 'pyterrier_llmrank.listwise:RankGPT',
     'DeARListwise': 'pyterrier_llmrank.listwise:DeARListwise',
     'ICR': 'pyterrier_llmrank.icr:ICR',
+    'MMR5': 'pyterrier_llmrank.mmr5:MMR5',
+    'VLYesNo': 'pyterrier_llmrank.mmyesno:VLYesNo',
 }
 
 
