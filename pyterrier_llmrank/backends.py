@@ -23,8 +23,8 @@ import torch
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import left_pad
 
-__all__ = ['ChatPrompt', 'Generation', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend', 'ScriptedBackend',
-           'resolve_backend']
+__all__ = ['ChatPrompt', 'Generation', 'share_cost', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
+           'ScriptedBackend', 'resolve_backend']
 
 @dataclass(frozen=True)
 class ChatPrompt:
@@ -87,7 +87,9 @@ class Generation:
     calls: float = 1.0
 
 
-def _share(gens: List[Generation], seconds: float) -> None:
+def share_cost(gens: List[Generation], seconds: float) -> None:
+    """Share one batched call among its generations: ``seconds`` in proportion to each one's prompt and generated
+    tokens, and ``1 / len(gens)`` of a call each."""
     tot = float(sum(g.prompt_tokens + g.generated_tokens for g in gens)) or 1.0
     for g in gens:
         g.seconds = seconds * (g.prompt_tokens + g.generated_tokens) / tot
@@ -205,7 +207,7 @@ class HFGenerationBackend(GenerationBackend):
                                generated_tokens=n, padded_tokens=ids.shape[1])
                 out[i] = g
                 gens.append(g)
-            _share(gens, seconds)
+            share_cost(gens, seconds)
             if progress is not None:
                 progress(len(idx))
         return out  # type: ignore[return-value]
@@ -258,7 +260,7 @@ class VLLMBackend(GenerationBackend):
             gens = [Generation(o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
                                generated_tokens=len(o.outputs[0].token_ids), padded_tokens=len(o.prompt_token_ids))
                     for o in outs]
-            _share(gens, seconds)
+            share_cost(gens, seconds)
             result.extend(gens)
             if progress is not None:
                 progress(len(gens))
@@ -327,7 +329,7 @@ class ScriptedBackend(GenerationBackend):
                 text = self._answer(p)
                 n = self._count(p.render(self.tokenizer))
                 gens.append(Generation(text, prompt_tokens=n, generated_tokens=self._count(text), padded_tokens=n))
-            _share(gens, time.perf_counter() - start)
+            share_cost(gens, time.perf_counter() - start)
             out.extend(gens)
             if progress is not None:
                 progress(len(gens))

@@ -26,7 +26,7 @@ import torch
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from pyterrier_llmrank.backends import GenerationBackend, Generation
+from pyterrier_llmrank.backends import Generation, GenerationBackend, share_cost
 from pyterrier_llmrank.causal import left_pad
 from pyterrier_llmrank.images import image_size, load_image
 
@@ -273,10 +273,7 @@ class VLGenerationBackend(GenerationBackend):
                                generated_tokens=n, padded_tokens=width)
                 out[i] = g
                 gens.append(g)
-            total = float(sum(g.prompt_tokens + g.generated_tokens for g in gens)) or 1.0
-            for g in gens:  # the batch's cost shared as backends.HFGenerationBackend shares it
-                g.seconds = seconds * (g.prompt_tokens + g.generated_tokens) / total
-                g.calls = 1.0 / len(gens)
+            share_cost(gens, seconds)
             if progress is not None:
                 progress(len(idx))
         return out  # type: ignore[return-value]
