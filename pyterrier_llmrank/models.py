@@ -28,6 +28,12 @@ Rerankers and generation backends pickle through their handle (:func:`state_with
 Loaded models are put in eval mode on the requested device. ``device="auto"`` picks
 CUDA when available and the CPU otherwise; ``dtype="auto"`` picks bfloat16 on CUDA
 devices that support it and float32 on the CPU.
+
+On GPUs: attention runs through PyTorch's SDPA (transformers' default; pass
+``attn_implementation='flash_attention_2'`` to a loader when flash-attn is installed -- ICR switches to its own
+SDPA-based capture only while it scores); a model larger than one GPU loads with ``device_map='auto'``
+(accelerate spreads its layers over the visible GPUs, and the loader then leaves the placement alone);
+``handle.model.compile()`` (``torch.compile``) is an option for long runs of fixed shapes.
 """
 from __future__ import annotations
 
@@ -424,7 +430,8 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
             tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer), **(tokenizer_kwargs or {}))
         else:
             tok = tokenizer
-        mdl = mdl.to(dev)
+        if model_kwargs.get('device_map') is None:  # a device_map (e.g. 'auto') has placed the weights already
+            mdl = mdl.to(dev)
         mdl.eval()
         spec = LoadSpec(_load, dict(model=model, auto_cls=auto_cls, device=device, dtype=dtype, tokenizer=tokenizer,
                                     tokenizer_kwargs=tokenizer_kwargs, **model_kwargs)) if shared else None
