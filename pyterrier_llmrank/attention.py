@@ -93,7 +93,12 @@ def register() -> None:
 
 @contextlib.contextmanager
 def attn_implementation(model: Any, name: str):
-    """Run the model with attention implementation ``name``, restoring the previous one afterwards."""
+    """Run the model with attention implementation ``name``, restoring the previous one afterwards.
+
+    :data:`ATTENTION_NAME` is registered first when needed (a reranker unpickled in a parallel worker process
+    never ran the constructor that registers it)."""
+    if name == ATTENTION_NAME:
+        register()
     old = model.config._attn_implementation
     if old != name:
         model.set_attn_implementation(name)

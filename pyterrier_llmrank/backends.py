@@ -137,6 +137,9 @@ class HFGenerationBackend(GenerationBackend):
     (up to floating-point noise). Generation stops at the EOS token(s) of the model and at the chat template's
     end-of-turn token.
 
+    Pickles through its model handle ``lm`` (by load spec when loaded by name; see
+    :class:`~pyterrier_llmrank.models.LoadedModel`), so that rerankers over it run in ``pipeline.parallel(n)``.
+
     Args:
         model: hub name / local folder / short name (``smollm2-135m-instruct``) or a ``(model, tokenizer)`` pair.
         batch_size: the most prompts per ``generate`` call.
@@ -163,6 +166,12 @@ class HFGenerationBackend(GenerationBackend):
             if end_ids:
                 stops.add(end_ids[0])
         self.stop_ids = sorted(int(s) for s in stops)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return models.state_without_weights(self.__dict__)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(models.restore_weights(dict(state)))
 
     def encode(self, prompt: ChatPrompt) -> List[int]:
         """Token ids of a prompt (chat template + prefix; special tokens added when the prompt asks for them)."""

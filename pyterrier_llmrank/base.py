@@ -23,6 +23,8 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from pyterrier_llmrank.models import restore_weights, state_without_weights
+
 __all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
            'validate_rerank_input', 'empty_result', 'require_values', 'text_values', 'missing_rows',
            'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast']
@@ -43,6 +45,11 @@ class EfficiencyStats:
 
     Read them with :meth:`per_query` (a DataFrame, one row per qid), :meth:`summary` (means per query and
     totals) or ``print(stats)``. Counters accumulate over ``transform`` calls until :meth:`reset`.
+
+    Parallel runs (``pipeline.parallel(n)``, joblib or Ray): the counters are per worker. Each worker runs a
+    pickled copy of the reranker, which counts in its own ``stats`` and is discarded with the task; the
+    reranker of the calling process records nothing for the queries the workers ran. Measure efficiency on
+    a serial run (or a serial run of one shard).
     """
 
     COLUMNS = ('model_calls', 'sequences', 'input_tokens', 'padded_tokens', 'generated_tokens', 'seconds')
@@ -227,6 +234,12 @@ class Reranker(pt.Transformer):
 
     Subclasses implement :meth:`_rerank` over a validated, non-empty frame and return the frame with a
     ``score`` column; the base adds ranks.
+
+    Pickling (``pipeline.parallel(n)`` with joblib or Ray): a reranker pickles through its model handle
+    ``lm`` (:class:`~pyterrier_llmrank.models.LoadedModel`), never through the raw ``model``/``tokenizer``
+    attributes: a model loaded by name travels as its load spec and is loaded once per worker process; a model
+    given as an in-memory pair travels with its weights. Shared-prefix stores are recreated empty. The
+    efficiency counters of a worker stay in the worker (see :class:`EfficiencyStats`).
     """
 
     label = 'Reranker'
@@ -239,6 +252,12 @@ class Reranker(pt.Transformer):
         self.batch_size = batch_size
         self.verbose = verbose
         self.stats = EfficiencyStats()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return state_without_weights(self.__dict__)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(restore_weights(dict(state)))
 
     @classmethod
     def check_arguments(cls, **values: Any) -> None:

@@ -15,14 +15,31 @@ loading options) twice in one process returns the same handle, so ``UPR('smollm2
 ``ICR('smollm2-135m-instruct')`` share one copy of the weights; the copy is freed when no reranker holds it.
 Pass a handle (or a pair) to several rerankers to share a model explicitly.
 
+Parallel workers (``pipeline.parallel(n)``, joblib or Ray): a handle loaded by name (hub name, folder, short
+name, adapter folder) pickles as its *load spec* -- the loader, the name and the loading arguments as given
+(``device='auto'`` stays ``'auto'``, so that each worker resolves its own device) -- never its weights; unpickled in
+another process it is loaded there through the same loader, once per process: the worker keeps a strong reference
+(:func:`pinned_handles`), so that the tasks a worker runs one after the other reuse its copy. A handle built from
+an in-memory ``(model, tokenizer)`` pair (or a model trained in the session) has no spec and pickles *with* its
+weights, which is correct but sends the weights to every task: load by name for parallel use. A folder or
+adapter path must exist on every worker's machine (a shared file system), a hub name must be cached there.
+Rerankers and generation backends pickle through their handle (:func:`state_without_weights`).
+
 Loaded models are put in eval mode on the requested device. ``device="auto"`` picks
 CUDA when available and the CPU otherwise; ``dtype="auto"`` picks bfloat16 on CUDA
 devices that support it and float32 on the CPU.
+
+On GPUs: attention runs through PyTorch's SDPA (transformers' default; pass
+``attn_implementation='flash_attention_2'`` to a loader when flash-attn is installed -- ICR switches to its own
+SDPA-based capture only while it scores); a model larger than one GPU loads with ``device_map='auto'``
+(accelerate spreads its layers over the visible GPUs, and the loader then leaves the placement alone);
+``handle.model.compile()`` (``torch.compile``) is an option for long runs of fixed shapes.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import threading
 import weakref
 from dataclasses import dataclass
@@ -37,7 +54,8 @@ from pyterrier_llmrank.folders import build_folder, cache_dir, is_built
 __all__ = [
     'cache_dir', 'resolve_device', 'resolve_dtype', 'resolve_model_path', 'load_causal_lm',
     'load_seq2seq_lm', 'load_encoder', 'load_sequence_classifier', 'SHORT_NAMES', 'ModelRef', 'LoadedModel',
-    'model_name', 'is_encoder_decoder', 'local_adapter',
+    'model_name', 'is_encoder_decoder', 'local_adapter', 'LoadSpec', 'pinned_handles', 'state_without_weights',
+    'restore_weights',
 ]
 
 
@@ -120,23 +138,82 @@ def resolve_model_path(name: Union[str, os.PathLike]) -> str:
     return str(target)
 
 
+@dataclass(frozen=True)
+class LoadSpec:
+    """How a handle was loaded by name: a loader function of this module and its arguments, as given.
+
+    Calling the spec loads the model again (through the per-process cache of handles); it is what a handle
+    pickles as (see the module docstring).
+
+    Attributes:
+        loader: the module-level loading function (pickled by reference).
+        kwargs: its arguments (model name or path, model class, device, dtype, tokenizer, loading options).
+    """
+
+    loader: Callable[..., 'LoadedModel']
+    kwargs: Dict[str, Any]
+
+    def __call__(self) -> 'LoadedModel':
+        return self.loader(**self.kwargs)
+
+
+# Handles loaded in this process by unpickling a spec that came from another process (a parallel worker), by
+# spec: held strongly, so that the tasks a worker runs one after the other share one copy of the weights.
+_PINNED: Dict[Any, 'LoadedModel'] = {}
+
+
+def _origin() -> Tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+def _reload(spec: LoadSpec, origin: Tuple[str, int]) -> 'LoadedModel':
+    """Unpickle a handle: load it from its spec. In the process that pickled it, that is its own live handle;
+    in another process (a worker) the handle loaded first for this spec, loaded once and pinned."""
+    if origin == _origin():
+        return spec()
+    key = (spec.loader.__name__, repr(sorted(spec.kwargs.items())))
+    with _LOCK:
+        handle = _PINNED.get(key)
+    if handle is None:
+        handle = spec()
+        with _LOCK:
+            handle = _PINNED.setdefault(key, handle)
+    return handle
+
+
+def pinned_handles() -> List['LoadedModel']:
+    """The handles this process loaded by unpickling them from another process (a parallel worker's models);
+    they stay loaded for the life of the process."""
+    return list(_PINNED.values())
+
+
 class LoadedModel:
     """A loaded model and its tokenizer, with the token-id helpers every reranker of the toolkit uses.
 
     Every loader of :mod:`pyterrier_llmrank.models` returns one; every reranker accepts one as its ``model``.
     It unpacks like the ``(model, tokenizer)`` pair it wraps: ``model, tokenizer = handle``.
 
+    Pickling: a handle loaded by name pickles as its :class:`LoadSpec` (no weights) and is reloaded, once per
+    process, where it is unpickled; a handle of an in-memory pair (``spec`` is ``None``) pickles with its weights.
+
     Attributes:
         model: the model, in eval mode.
         tokenizer: its tokenizer.
         name: a short human-readable name (the name or path it was loaded from) for reprs.
+        spec: how it was loaded (:class:`LoadSpec`), ``None`` for a handle of an in-memory pair.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: Optional[str] = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: Optional[str] = None, spec: Optional[LoadSpec] = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or _pair_name(model)
+        self.spec = spec
         self._memo: Dict[Any, Any] = {}
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        if self.spec is None:
+            return LoadedModel, (self.model, self.tokenizer, self.name)
+        return _reload, (self.spec, _origin())
 
     # -- the pair --------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -237,6 +314,46 @@ class LoadedModel:
 
 ModelRef = Union[str, os.PathLike, Tuple[Any, Any], LoadedModel]
 
+
+# Key of the pickled state of a holder of a handle: the attributes dropped and how to restore them.
+_DROPPED = '__pyterrier_llmrank_dropped__'
+
+
+def state_without_weights(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The pickling state of an object holding a :class:`LoadedModel` as ``lm`` (a reranker, a generation
+    backend): a copy of ``state`` without the attributes that are the handle's model or tokenizer and without the
+    handle's shared-prefix stores (:class:`~pyterrier_llmrank.causal.PrefixKV`, which hold the model and its
+    cached states), so that the object pickles through its handle (by spec when loaded by name, see
+    :class:`LoadedModel`). :func:`restore_weights` puts them back (new, empty stores)."""
+    lm = state.get('lm')
+    if not isinstance(lm, LoadedModel):
+        return state
+    out = dict(state)
+    dropped: Dict[str, str] = {}
+    for key, value in state.items():
+        if value is lm.model:
+            dropped[key] = 'model'
+        elif value is lm.tokenizer:
+            dropped[key] = 'tokenizer'
+        elif isinstance(value, PrefixKV):
+            dropped[key] = 'prefix_kv'
+        else:
+            continue
+        del out[key]
+    out[_DROPPED] = dropped
+    return out
+
+
+def restore_weights(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The inverse of :func:`state_without_weights`: the attributes it dropped, taken again from the handle."""
+    dropped = state.pop(_DROPPED, None)
+    if not dropped:
+        return state
+    lm = state['lm']
+    for key, what in dropped.items():
+        state[key] = lm.prefix_kv() if what == 'prefix_kv' else getattr(lm, what)
+    return state
+
 # Handles loaded by name in this process, by (kind, path, device, dtype, tokenizer, options); weak, so that a
 # model no reranker holds any more is freed.
 _LOADED: 'weakref.WeakValueDictionary[Any, LoadedModel]' = weakref.WeakValueDictionary()
@@ -317,9 +434,12 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
             tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer), **(tokenizer_kwargs or {}))
         else:
             tok = tokenizer
-        mdl = mdl.to(dev)
+        if model_kwargs.get('device_map') is None:  # a device_map (e.g. 'auto') has placed the weights already
+            mdl = mdl.to(dev)
         mdl.eval()
-        handle = LoadedModel(mdl, tok, str(model))
+        spec = LoadSpec(_load, dict(model=model, auto_cls=auto_cls, device=device, dtype=dtype, tokenizer=tokenizer,
+                                    tokenizer_kwargs=tokenizer_kwargs, **model_kwargs)) if shared else None
+        handle = LoadedModel(mdl, tok, str(model), spec)
         if shared:
             _LOADED[key] = handle
     return handle
@@ -381,6 +501,7 @@ def _load_maybe_adapter(model: ModelRef, auto_cls: Callable, device: Any, dtype:
     base = cfg.base_model_name_or_path
     if not base:
         raise ValueError(f'{path}/adapter_config.json names no base_model_name_or_path')
+    tokenizer_arg = tokenizer
     if tokenizer is None:
         tokenizer = str(path) if (path / 'tokenizer_config.json').exists() else base
     loaded = _load(base, auto_cls, device, dtype, tokenizer, shared=False, **model_kwargs)
@@ -389,7 +510,10 @@ def _load_maybe_adapter(model: ModelRef, auto_cls: Callable, device: Any, dtype:
     mdl = PeftModel.from_pretrained(loaded.model, str(path)).merge_and_unload()
     mdl.eval()
     mdl.config._name_or_path = str(path)
-    handle = LoadedModel(mdl, loaded.tokenizer, str(model))
+    handle = LoadedModel(mdl, loaded.tokenizer, str(model),
+                         LoadSpec(_load_maybe_adapter, dict(model=model, auto_cls=auto_cls, device=device, dtype=dtype,
+                                                            tokenizer=tokenizer_arg, base_config=base_config,
+                                                            **model_kwargs)))
     with _LOCK:
         _LOADED[key] = handle
     return handle

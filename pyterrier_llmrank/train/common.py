@@ -34,7 +34,7 @@ import torch
 
 __all__ = ['read_log', 'load_config', 'apply_overrides', 'set_seed', 'CSVLogger', 'save_checkpoint', 'load_checkpoint',
            'latest_checkpoint', 'lora_config', 'trainable_state', 'set_threads', 'check_keys', 'check_run_config',
-           'write_json', 'DEFAULT_LORA_TARGETS', 'RUN_CONFIG_FILE', 'RUN_CONFIG_IGNORED']
+           'write_json', 'distributed', 'barrier', 'DEFAULT_LORA_TARGETS', 'RUN_CONFIG_FILE', 'RUN_CONFIG_IGNORED']
 
 PathLike = Union[str, os.PathLike]
 
@@ -165,6 +165,30 @@ def set_threads(threads: Optional[int]) -> None:
     """``torch.set_num_threads(threads)`` when ``threads`` is given."""
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def distributed() -> Tuple[int, int]:
+    """``(rank, processes)`` of this training process: ``(0, 1)`` alone; under ``accelerate launch`` or
+    ``torchrun`` (``WORLD_SIZE`` > 1) the ``torch.distributed`` process group is initialised on first call --
+    gloo on the CPU (or with ``accelerate launch --cpu``), NCCL on GPUs, with ``LOCAL_RANK`` made the current
+    CUDA device so that ``device='cuda'`` puts each process on its own GPU."""
+    import torch.distributed as dist
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cpu = (os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes')
+               or not torch.cuda.is_available())
+        if not cpu:
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        dist.init_process_group('gloo' if cpu else 'nccl')
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every training process (nothing when training alone)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _rng_state() -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
@@ -377,12 +401,13 @@ def run_settings(cfg: Dict[str, Any], ignore: Sequence[str] = RUN_CONFIG_IGNORED
 
 
 def check_run_config(folder: PathLike, cfg: Dict[str, Any], resuming: bool,
-                     ignore: Sequence[str] = RUN_CONFIG_IGNORED) -> None:
+                     ignore: Sequence[str] = RUN_CONFIG_IGNORED, write: bool = True) -> None:
     """Refuses to resume a run whose settings changed, and records the settings of the run.
 
     The settings (:func:`run_settings`) are written to ``<folder>/run_config.json``. When ``resuming`` (a
     checkpoint or finished stage of ``folder`` is about to be reused) and that file exists with other settings,
-    nothing is written and a ``ValueError`` names the file and the settings that differ.
+    nothing is written and a ``ValueError`` names the file and the settings that differ. ``write=False`` only
+    checks (the processes of a data-parallel run other than the first).
     """
     path = Path(folder) / RUN_CONFIG_FILE
     now = run_settings(cfg, ignore)
@@ -394,8 +419,9 @@ def check_run_config(folder: PathLike, cfg: Dict[str, Any], resuming: bool,
             shown = ', '.join(f'{k}: {before.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in diff[:6])
             raise ValueError(f'{path}: the checkpoint in {folder} was written with another configuration ({shown}); '
                              f'use a new output_dir, or resume=false to start over')
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    write_json(path, now)
+    if write:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_json(path, now)
 
 
 # ----------------------------------------------------------------------------------------------- LoRA

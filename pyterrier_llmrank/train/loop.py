@@ -9,6 +9,15 @@ Every ``save_steps`` steps (and at the end, or when ``stop_after`` steps of this
 writes a checkpoint (:func:`~pyterrier_llmrank.train.common.save_checkpoint`); every step it appends a row
 to ``<output_dir>/log.csv``. A restart with other settings than those of its checkpoints is refused
 (:func:`~pyterrier_llmrank.train.common.check_run_config`).
+
+Data parallel (``accelerate launch --num_processes N -m pyterrier_llmrank.train ...``, or ``torchrun``): the
+``grad_accum`` micro-batches of a step are shared among the N processes (micro-batch ``m`` goes to process
+``m % N``; ``grad_accum`` must be a multiple of N), and the gradients and logged values are summed over the
+processes before the step (an all-reduce, gloo on the CPU, NCCL on GPUs). A step therefore reads the same
+global batch as a single-process run with the same settings and, without dropout, takes the same step (up to
+floating-point summation order); with dropout, the processes draw other masks than the single process would.
+Only the first process writes ``log.csv``, checkpoints and the outputs. DeepSpeed and FSDP configurations of
+``accelerate`` are not used by this loop (plain data parallelism); the GRPO recipes run under them through trl.
 """
 from __future__ import annotations
 
@@ -21,8 +30,8 @@ import numpy as np
 import pyterrier as pt
 import torch
 
-from pyterrier_llmrank.train.common import (CSVLogger, check_run_config, latest_checkpoint, load_checkpoint,
-                                            save_checkpoint, set_seed)
+from pyterrier_llmrank.train.common import (CSVLogger, barrier, check_run_config, distributed, latest_checkpoint,
+                                            load_checkpoint, save_checkpoint, set_seed)
 
 __all__ = ['LOOP_DEFAULTS', 'train_loop', 'batch_indices', 'used_groups']
 
@@ -80,7 +89,7 @@ def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LO
         verbose: Show a progress bar.
 
     Returns:
-        ``{'steps_done', 'resumed_from', 'seconds', 'finished'}``.
+        ``{'steps_done', 'resumed_from', 'seconds', 'finished', 'processes'}``.
     """
     opts = {k: cfg.get(k, v) for k, v in LOOP_DEFAULTS.items()}
     steps, bs, accum = int(opts['steps']), int(opts['batch_size']), int(opts['grad_accum'])
@@ -88,6 +97,10 @@ def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LO
         raise ValueError('steps, batch_size and grad_accum must be >= 1')
     if not groups:
         raise ValueError('no training groups')
+    rank, world = distributed()
+    if accum % world:
+        raise ValueError(f'grad_accum ({accum}) must be a multiple of the number of training processes ({world}): '
+                         f'each process runs grad_accum / processes micro-batches of every step')
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,41 +111,62 @@ def train_loop(model: torch.nn.Module, groups: List[Dict[str, Any]], loss_fn: LO
     set_seed(seed)
     start, resumed_from = 0, None
     ckpt = latest_checkpoint(out) if opts['resume'] else None
-    check_run_config(out, cfg, resuming=ckpt is not None)  # refuses a checkpoint of other settings
+    # refuses a checkpoint of other settings
+    check_run_config(out, cfg, resuming=ckpt is not None, write=rank == 0)
     if ckpt is not None:
         start, resumed_from = load_checkpoint(ckpt, model, optimizer, scheduler)['step'], str(ckpt)
-    logger = CSVLogger(out / 'log.csv', ['loss', 'lr', *log_columns, 'seconds'], resume_step=start)
+    logger = CSVLogger(out / 'log.csv', ['loss', 'lr', *log_columns, 'seconds'], resume_step=start) if rank == 0 else None
 
     model.train()
     stop_after = opts['stop_after']
     end = steps if stop_after is None else min(steps, start + int(stop_after))
     t0 = time.time()
-    bar = pt.tqdm(total=steps, initial=start, desc=desc, unit='step', disable=not verbose)
+    bar = pt.tqdm(total=steps, initial=start, desc=desc, unit='step', disable=not verbose or rank != 0)
     step = start
     for step in range(start, end):
         t_step = time.time()
         optimizer.zero_grad(set_to_none=True)
         total, sums = 0.0, {c: 0.0 for c in log_columns}
-        for micro in range(accum):
+        for micro in range(rank, accum, world):
             batch = [groups[i] for i in batch_indices(len(groups), seed, step, micro, bs, accum)]
             loss, parts = loss_fn(batch)
             (loss / accum).backward()
             total += float(loss.detach()) / accum
             for c in log_columns:
                 sums[c] += float(parts.get(c, float('nan'))) / accum
+        if world > 1:
+            total, sums = _sum_over_processes(params, total, sums)
         if opts['max_grad_norm']:
             torch.nn.utils.clip_grad_norm_(params, float(opts['max_grad_norm']))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        logger.log(step + 1, loss=total, lr=float(lr), **sums, seconds=round(time.time() - t_step, 3))
+        if logger is not None:
+            logger.log(step + 1, loss=total, lr=float(lr), **sums, seconds=round(time.time() - t_step, 3))
         bar.update(1)
         bar.set_postfix(loss=f'{total:.4f}')
         done = step + 1
         if done % int(opts['save_steps']) == 0 or done == end:
-            save_checkpoint(out, done, model, optimizer, scheduler, keep=int(opts['keep_checkpoints']))
+            if rank == 0:
+                save_checkpoint(out, done, model, optimizer, scheduler, keep=int(opts['keep_checkpoints']))
+            barrier()
     bar.close()
     model.eval()
     done = end if end > start else start
     return {'steps_done': done, 'resumed_from': resumed_from, 'seconds': round(time.time() - t0, 2),
-            'finished': done >= steps}
+            'finished': done >= steps, 'processes': world}
+
+
+def _sum_over_processes(params: List[torch.nn.Parameter], total: float,
+                        sums: Dict[str, float]) -> Tuple[float, Dict[str, float]]:
+    """Sum the gradients (in place) and the logged values of a step over the data-parallel processes."""
+    import torch.distributed as dist
+    for p in params:
+        if p.grad is None:  # a parameter this process's micro-batches did not reach
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    values = torch.tensor([total, *sums.values()], dtype=torch.float64,
+                          device=params[0].device if params else 'cpu')
+    dist.all_reduce(values)
+    out = values.tolist()
+    return out[0], dict(zip(sums, out[1:]))

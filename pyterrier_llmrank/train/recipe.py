@@ -13,7 +13,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from pyterrier_llmrank.train.common import check_keys, lora_config, set_seed, set_threads, write_json
+from pyterrier_llmrank.train.common import (barrier, check_keys, distributed, lora_config, set_seed, set_threads,
+                                            write_json)
 from pyterrier_llmrank.train.loop import LOOP_DEFAULTS
 
 #: Settings every supervised recipe reads (besides its own and :data:`~.loop.LOOP_DEFAULTS`).
@@ -91,14 +92,18 @@ def import_object(path: str) -> Any:
 
 def finish(peft_model: Any, tokenizer: Any, cfg: Dict[str, Any], summary: Dict[str, Any], reranker_class: str,
            reranker_kwargs: Dict[str, Any]) -> str:
-    """Saves the adapter, tokenizer, resolved config, ``reranker.json`` and ``summary.json``; returns the folder."""
+    """Saves the adapter, tokenizer, resolved config, ``reranker.json`` and ``summary.json``; returns the folder.
+
+    In a data-parallel run only the first process writes; the others wait until it has."""
     out = Path(cfg['output_dir'])
-    peft_model.save_pretrained(str(out))
-    set_adapter_base(out, cfg['model'])
-    tokenizer.save_pretrained(str(out))
-    write_json(out / 'train_config.json', cfg)
-    write_json(out / RERANKER_FILE, {'class': reranker_class, 'kwargs': reranker_kwargs})
-    write_json(out / 'summary.json', summary)
+    if distributed()[0] == 0:
+        peft_model.save_pretrained(str(out))
+        set_adapter_base(out, cfg['model'])
+        tokenizer.save_pretrained(str(out))
+        write_json(out / 'train_config.json', cfg)
+        write_json(out / RERANKER_FILE, {'class': reranker_class, 'kwargs': reranker_kwargs})
+        write_json(out / 'summary.json', summary)
+    barrier()
     return str(out)
 
 
@@ -152,6 +157,7 @@ def load_reranker(folder: str, **overrides: Any) -> Any:
 
 
 def prepare(cfg: Dict[str, Any]) -> None:
-    """Threads and seed."""
+    """Threads, seed, and the process group of a data-parallel run (:func:`~.common.distributed`)."""
+    distributed()
     set_threads(cfg.get('threads'))
     set_seed(int(cfg['seed']))
