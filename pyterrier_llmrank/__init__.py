@@ -15,13 +15,15 @@ from pyterrier_llmrank.cascade import TopPassages, aggregate_passages, passage_c
 from pyterrier_llmrank.dense import DenseRetriever, minilm_scorer
 from pyterrier_llmrank.fusion import Fusion, Hybrid
 from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite, SubQueryRetrieve
+from pyterrier_llmrank.caching import cached
 
 __all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank',
            'DeARPointwise', 'YesNo',
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
-           'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']
+           'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer',
+           'cached']
 
 #: Multimodal rerankers, imported on first use (their vision-language imports are slow).
 _LAZY = {'MMR5': 'pyterrier_llmrank.mmr5', 'VLYesNo': 'pyterrier_llmrank.mmyesno'}

@@ -24,6 +24,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 from pyterrier_llmrank.models import restore_weights, state_without_weights
+from pyterrier_llmrank.fingerprint import fingerprint
 
 __all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
            'validate_rerank_input', 'empty_result', 'require_values', 'text_values', 'missing_rows',
@@ -83,6 +84,10 @@ class EfficiencyStats:
             self.add(qid, model_calls=calls / n, sequences=1, input_tokens=tok[i], padded_tokens=padded_len,
                      seconds=seconds * tok[i] / total,
                      **({'generated_tokens': generated_tokens[i]} if generated_tokens is not None else {}))
+
+    def row(self, qid: Any) -> Dict[str, float]:
+        """The counters of one query so far (an empty dict for a query not seen)."""
+        return dict(self._data.get(qid, {}))
 
     def per_query(self) -> pd.DataFrame:
         """One row per qid with every counter."""
@@ -321,6 +326,17 @@ class Reranker(pt.Transformer):
     def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
 
+    # -- caching (see pyterrier_llmrank.caching) ----------------------------------------------------------------
+    #: whether a document's score depends only on its query and itself, not on the other candidates: such
+    #: rerankers are cached per (query, document), the others per query
+    scores_documents_independently = False
+
+    def cache_key(self) -> str:
+        """The fingerprint of every setting that decides the scores (model and weights, tokenizer, prompts,
+        templates, truncation, dtype, ...; see :mod:`pyterrier_llmrank.fingerprint`): the caches of
+        :mod:`pyterrier_llmrank.caching` are keyed on it, so a changed setting never reuses stale scores."""
+        return fingerprint(self)
+
 
 class PointwiseReranker(Reranker):
     """Base of rerankers that score each (query, document) pair on its own.
@@ -334,6 +350,8 @@ class PointwiseReranker(Reranker):
     in batches of ``batch_size``: padding is limited, and a pair's score does not depend on which pairs share
     its batch (the subclasses pad so that it cannot).
     """
+
+    scores_documents_independently = True
 
     def _encode(self, inp: pd.DataFrame) -> List[Any]:
         raise NotImplementedError
@@ -434,17 +452,39 @@ class QueryReranker(Reranker):
         raise NotImplementedError
 
     def _rerank_queries(self, queries: List[QueryCandidates]) -> List[Sequence[float]]:
-        """Scores of every query's candidates (one sequence per query, aligned with its ``rows``)."""
+        """Scores of every query's candidates (one sequence per query, aligned with its ``rows``); an override
+        calls :meth:`query_finished` as each query's scores become final."""
         it: Iterable = queries
         if self.verbose:
             it = pt.tqdm(queries, desc=self.label, unit='query')
-        return [self._rerank_query(q) for q in it]
+        out = []
+        for q in it:
+            out.append(self._rerank_query(q))
+            self.query_finished(q, out[-1])
+        return out
+
+    # -- the per-query cache (pyterrier_llmrank.caching.QueryCache) ---------------------------------------------
+    #: the per-query cache of the running ``transform`` (set by :class:`pyterrier_llmrank.caching.CachedQueries`)
+    query_cache: Any = None
+
+    def rerank_queries(self, queries: List[QueryCandidates]) -> List[Sequence[float]]:
+        """Scores of every query's candidates; through :attr:`query_cache` when one is set (cached queries are
+        read, only the others are computed)."""
+        if self.query_cache is None:
+            return self._rerank_queries(queries)
+        return self.query_cache.rerank(self, queries, self._rerank_queries)
+
+    def query_finished(self, q: QueryCandidates, scores: Sequence[float], trace: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Report that the scores of ``q`` are final (with the query's trace rows, if any): the per-query cache
+        writes the query at once, so that an interrupted run keeps it."""
+        if self.query_cache is not None:
+            self.query_cache.finished(self, q, scores, trace)
 
     def _rerank(self, inp: pd.DataFrame) -> pd.DataFrame:
         queries = self.query_groups(inp)
         scores = np.zeros(len(inp), dtype='float64')
         rows: List[int] = []
-        for q, s in zip(queries, self._rerank_queries(queries)):
+        for q, s in zip(queries, self.rerank_queries(queries)):
             s = np.asarray(s, dtype='float64')
             if s.shape != (len(q.rows),):
                 raise RuntimeError(f'{type(self).__name__} returned {s.shape} scores for {len(q.rows)} candidates')

@@ -145,14 +145,20 @@ class GenerativeReranker(QueryReranker):
                                      docnos=list(q.docnos), rng=random.Random(self.seed)))
             self.stats.add(q.qid, repaired=0.0, unparsable=0.0)
         before = self.stats.per_query().set_index('qid')
-        orders: Dict[int, List[int]] = {}
+        out: List[np.ndarray] = [np.zeros(0)] * len(states)
         pending: Dict[int, Tuple[Algorithm, ChatPrompt]] = {}
+
+        def finish(i: int, order: List[int]) -> None:  # a query's algorithm is done: its scores are final
+            out[i] = self._order_scores(order, len(states[i].rows))
+            self._traces.extend(states[i].trace)
+            self.query_finished(queries[i], out[i], states[i].trace)
+
         for i, st in enumerate(states):
             algo = self._algorithm(st)
             try:
                 pending[i] = (algo, next(algo))
             except StopIteration as stop:
-                orders[i] = stop.value
+                finish(i, stop.value)
         bar = pt.tqdm(total=0, desc=repr(self), unit='prompt') if self.verbose else None
         rounds = 0
         while pending:
@@ -173,23 +179,24 @@ class GenerativeReranker(QueryReranker):
                 try:
                     nxt[k] = (algo, algo.send(g))
                 except StopIteration as stop:
-                    orders[k] = stop.value
+                    finish(k, stop.value)
             pending = nxt
         if bar is not None:
             bar.close()
-        out = []
-        for i, st in enumerate(states):
-            order = list(orders[i])
-            seen = set(order)
-            order += [p for p in range(len(st.rows)) if p not in seen]
-            scores = np.zeros(len(st.rows), dtype='float64')
-            for rank, p in enumerate(order):
-                scores[p] = -(rank + 1.0)
-            out.append(scores)
-            self._traces.extend(st.trace)
         if self.verbose:
             self._print_summary(before, [st.qid for st in states])
         return out
+
+    @staticmethod
+    def _order_scores(order: Sequence[int], n: int) -> np.ndarray:
+        """Scores ``-rank`` of the ``n`` positions: those of ``order`` first, the others beneath in first-stage order."""
+        order = list(order)
+        seen = set(order)
+        order += [p for p in range(n) if p not in seen]
+        scores = np.zeros(n, dtype='float64')
+        for rank, p in enumerate(order):
+            scores[p] = -(rank + 1.0)
+        return scores
 
     def _print_summary(self, before: pd.DataFrame, qids: List[Any]) -> None:
         after = self.stats.per_query().set_index('qid').loc[qids]

@@ -335,6 +335,7 @@ class IDCM(QueryReranker):
     """
 
     label = 'IDCM'
+    scores_documents_independently = True  # each document's windows are selected and scored on their own
 
     def __init__(self, model: Any = IDCM_PUBLISHED, *, tokenizer: Any = None, sample_n: Optional[int] = None,
                  max_query_tokens: int = IDCM_MAX_QUERY_TOKENS, max_doc_tokens: int = IDCM_MAX_DOC_TOKENS,

@@ -281,9 +281,13 @@ class DuoT5(_T5Mixin, QueryReranker):
             n_chunk += len(q) * (len(q) - 1)
             if n_chunk >= self.chunk_pairs:
                 self._score_chunk([queries[k] for k in chunk], [scores[k] for k in chunk], bar)
+                for k in chunk:
+                    self.query_finished(queries[k], scores[k])
                 chunk, n_chunk = [], 0
         if chunk:
             self._score_chunk([queries[k] for k in chunk], [scores[k] for k in chunk], bar)
+            for k in chunk:
+                self.query_finished(queries[k], scores[k])
         if bar is not None:
             bar.close()
         return scores
