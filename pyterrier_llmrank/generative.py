@@ -80,7 +80,7 @@ def fit_to_budget(build: Callable[[Optional[int]], P], length: Callable[[P], int
                          f'query')
     lo, hi_ = 0, hi()  # build(lo) fits; the largest cap in [lo, hi_] that fits
     while lo < hi_:
-        mid = (lo + hi + 1) // 2
+        mid = (lo + hi_ + 1) // 2
         if length(build(mid)) <= budget:
             lo = mid
         else:
