@@ -100,12 +100,23 @@ class GenerationBackend:
     """Interface of a text generator for chat prompts.
 
     Subclasses implement :meth:`generate`. ``tokenizer`` (or ``None``) is used by the rerankers to truncate
-    passages in tokens; ``batch_size`` is the most prompts per model call.
+    passages in tokens; ``batch_size`` is the most prompts per model call. ``context_length`` (or ``None``: unknown)
+    is the model's context in tokens: with a tokenizer, the generative rerankers fit their prompts into it
+    (:meth:`prompt_length`; :func:`pyterrier_llmrank.generative.fit_to_budget`); without one they skip the check.
     """
 
     tokenizer: Any = None
     batch_size: int = 8
     name: str = 'backend'
+    context_length: Optional[int] = None
+
+    def encode(self, prompt: ChatPrompt) -> List[int]:
+        """Token ids of a prompt (chat template + prefix; special tokens added when the prompt asks for them)."""
+        return self.tokenizer(prompt.render(self.tokenizer), add_special_tokens=prompt.add_special_tokens)['input_ids']
+
+    def prompt_length(self, prompt: ChatPrompt) -> Optional[int]:
+        """Tokens of ``prompt`` as the model reads it (``None`` without a tokenizer)."""
+        return None if self.tokenizer is None else len(self.encode(prompt))
 
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
                  top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
@@ -154,6 +165,7 @@ class HFGenerationBackend(GenerationBackend):
         self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
         self.name = self.lm.name
         self.batch_size = batch_size
+        self.context_length = self.lm.max_positions
         self.pad = self.lm.pad_id
         stops = set()
         for src in (getattr(self.model, 'generation_config', None), self.tokenizer):
@@ -172,10 +184,6 @@ class HFGenerationBackend(GenerationBackend):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(models.restore_weights(dict(state)))
-
-    def encode(self, prompt: ChatPrompt) -> List[int]:
-        """Token ids of a prompt (chat template + prefix; special tokens added when the prompt asks for them)."""
-        return self.tokenizer(prompt.render(self.tokenizer), add_special_tokens=prompt.add_special_tokens)['input_ids']
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
@@ -251,6 +259,8 @@ class VLLMBackend(GenerationBackend):
         else:
             self.llm = vllm.LLM(model=models.resolve_model_path(model), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        config = getattr(getattr(self.llm, 'llm_engine', None), 'model_config', None)
+        self.context_length = getattr(config, 'max_model_len', None)
         self.name = str(model) if not isinstance(model, vllm.LLM) else 'vllm.LLM'
         self.batch_size = batch_size
 
@@ -289,6 +299,8 @@ class ScriptedBackend(GenerationBackend):
         tokenizer: optional; when given, it truncates passages and counts prompt tokens (with its chat template),
             otherwise tokens are whitespace-separated words.
         batch_size: prompts per simulated call.
+        context_length: the context of the simulated model in tokens (``None``: unbounded); with a tokenizer, the
+            rerankers fit their prompts into it as they do for a real model.
 
     Attributes:
         prompts: every prompt received, in order.
@@ -299,10 +311,12 @@ class ScriptedBackend(GenerationBackend):
 
     name = 'scripted'
 
-    def __init__(self, answer: Answer, *, tokenizer: Any = None, batch_size: int = 8) -> None:
+    def __init__(self, answer: Answer, *, tokenizer: Any = None, batch_size: int = 8,
+                 context_length: Optional[int] = None) -> None:
         self.answer = answer
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.context_length = context_length
         self.prompts: List[ChatPrompt] = []
         self.batches: List[List[ChatPrompt]] = []
         self.settings: List[Dict[str, Any]] = []

@@ -10,6 +10,12 @@ Choosing a base for a new reranker:
   attention-based): the base groups the frame by query in first-stage order and assembles the output; the
   subclass scores one query at a time (or overrides :meth:`QueryReranker._rerank_queries` to batch across
   queries).
+
+Rules on the input, the same for every reranker: a missing ``qid`` or ``query`` raises a ``ValueError`` naming the
+column and the rows, a missing text (or title) is the empty string (:func:`require_values`, :func:`text_values`);
+duplicate docnos within a query are kept and each row is scored on its own (the output has every input row once,
+no copy merged, summed or dropped). The passage helpers of :mod:`~pyterrier_llmrank.cascade`, which tell a
+document's passages apart by docno, refuse duplicates with an error naming them instead.
 """
 from __future__ import annotations
 
@@ -307,7 +313,8 @@ class Reranker(pt.Transformer):
         """Re-rank ``inp``: every input row once, with a new ``score`` and ``rank``; the other columns kept.
 
         Missing values: a missing ``qid`` or ``query`` raises a ``ValueError`` naming the column and the rows; a
-        missing text (or title) is read as the empty string (see :func:`text_values`).
+        missing text (or title) is read as the empty string (see :func:`text_values`). Duplicate docnos within a
+        query: each row is kept and scored on its own.
         """
         validate_rerank_input(inp, self.text_field, self._extra_columns())
         if len(inp) == 0:

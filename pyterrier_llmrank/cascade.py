@@ -25,6 +25,11 @@ that was not split) raises a ``ValueError`` naming the expected form. A NaN scor
 (the rule of :func:`pyterrier_llmrank.fusion.add_ranks`): such a passage is chosen last by :class:`TopPassages`,
 and a document's aggregate that takes it in (its only passages for ``'max'``, its first for ``'first'``, any of
 them for ``'mean'``, one of the ``k`` summed for ``'sum'``) is NaN and ranks last.
+
+Duplicate docnos: the rerankers keep and score each row (:mod:`pyterrier_llmrank.base`), but a document's passages
+are told apart from another document's only by the docno, so :func:`split_passages` refuses a docno that appears
+twice for one query, and :func:`aggregate_passages` a passage docno that appears twice, with a ``ValueError`` naming
+them (no copy is merged or dropped silently).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from pyterrier_llmrank.base import require_values
 from pyterrier_llmrank.fusion import add_ranks
 
 __all__ = ['split_passages', 'SplitPassages', 'TopPassages', 'aggregate_passages', 'SumPassages',
@@ -46,6 +52,16 @@ PASSAGE_SEP = '%p'
 
 _WS = re.compile(r'\s+')
 _PASSAGE_DOCNO = re.compile('^(?P<doc>.*)' + re.escape(PASSAGE_SEP) + r'(?P<pid>\d+)$', re.DOTALL)
+
+
+def _refuse_duplicates(inp: pd.DataFrame, who: str, what: str) -> None:
+    """A ``ValueError`` naming the docnos that appear more than once for a query (see the module docstring)."""
+    dup = inp.duplicated(['qid', 'docno'], keep=False).to_numpy()
+    if dup.any():
+        pairs = list(dict.fromkeys(zip(inp['qid'].to_numpy()[dup].tolist(), inp['docno'].astype(str).to_numpy()[dup])))
+        raise ValueError(f'{who}: {len(pairs)} {what} docno(s) appear more than once for a query (duplicate rows), '
+                         f'e.g. (qid, docno) {pairs[:3]}; their passages could not be told apart when aggregated. '
+                         f'Drop or rename the duplicates first (inp.drop_duplicates(["qid", "docno"]))')
 
 
 def _passage_parts(docnos: pd.Series, who: str) -> pd.DataFrame:
@@ -66,8 +82,10 @@ class SplitPassages(pt.Transformer):
     Tokens are whitespace-separated words (or a tokenizer's tokens, as ``pt.text.sliding``). Passage ``i``
     holds tokens ``i * stride .. i * stride + length - 1``; passages start while the previous one did not reach
     the end, so the last may be shorter and every token is covered. A document of at most ``length`` tokens
-    (including an empty one) is one passage. Docnos become ``docno%p{i}``; every other column is kept (a
-    document's score and rank are copied to its passages).
+    (including an empty one, or a missing text) is one passage. Docnos become ``docno%p{i}``; every other column is
+    kept (a document's score and rank are copied to its passages). The input is a result frame to re-rank
+    (``qid``, ``query``, ``docno`` and the text); a docno twice for one query raises a ``ValueError`` (see the
+    module docstring).
 
     Args:
         length, stride: passage length and step in tokens (``stride <= length``).
@@ -110,9 +128,11 @@ class SplitPassages(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         cols = [self.text_field] + ([self.title_field] if self.title_field else [])
-        pta.validate.columns(inp, includes=['docno', *cols])
+        pta.validate.result_frame(inp, extra_columns=['query', *cols])
         if len(inp) == 0:
             return inp.copy()
+        require_values(inp, ['qid', 'docno'], 'split_passages')
+        _refuse_duplicates(inp, 'split_passages', 'document')
         rows = []
         for rec in inp.to_dict('records'):
             toks = self._tokens(rec[self.text_field])
@@ -121,7 +141,8 @@ class SplitPassages(pt.Transformer):
                 new['docno'] = f"{rec['docno']}{PASSAGE_SEP}{i}"
                 text = self._join(toks[a:b])
                 if self.title_field:
-                    text = f'{rec[self.title_field]} {text}'
+                    title = rec[self.title_field]
+                    text = f'{title if isinstance(title, str) else ""} {text}'
                 new[self.text_field] = text
                 rows.append(new)
         return pd.DataFrame(rows, columns=inp.columns)
@@ -210,8 +231,8 @@ class _Aggregate(pt.Transformer):
             self.inner = pt.text.max_passage()
         elif method == 'first':
             self.inner = pt.text.first_passage()
-        elif method == 'mean':
-            self.inner = pt.text.mean_passage()
+        elif method == 'mean':  # the best passage's row (as 'max'), with the mean score: extra columns kept
+            self.inner = pt.text.max_passage()
         else:
             self.inner = SumPassages(k)
 
@@ -223,12 +244,17 @@ class _Aggregate(pt.Transformer):
         if len(inp) == 0:
             qcols = [c for c in pt.model.query_columns(inp) if c in inp.columns]
             return pd.DataFrame(columns=[*qcols, 'docno', 'score', 'rank'])
-        _passage_parts(inp['docno'], f'aggregate_passages({self.method!r})')
+        who = f'aggregate_passages({self.method!r})'
+        parts = _passage_parts(inp['docno'], who)
+        _refuse_duplicates(inp, who, 'passage')
         frame = inp.drop(columns=['olddocno', 'pid'], errors='ignore')
         nan = frame['score'].isna().any()
         if nan:  # pt.text's aggregators fail on NaN: a NaN is lower than every number
             frame = frame.assign(score=frame['score'].astype('float64').fillna(-np.inf))
         out = self.inner(frame).drop(columns=['olddocno', 'pid'], errors='ignore').reset_index(drop=True)
+        if self.method == 'mean':
+            means = frame['score'].astype('float64').groupby([frame['qid'], parts['doc']], sort=False).mean()
+            out['score'] = [means[(q, d)] for q, d in zip(out['qid'], out['docno'])]
         if nan:
             out['score'] = out['score'].astype('float64').replace(-np.inf, np.nan)
         return add_ranks(out)
@@ -239,7 +265,8 @@ def aggregate_passages(method: str = 'max', k: Optional[int] = None) -> pt.Trans
 
     * ``'max'``: the best passage's score (``pt.text.max_passage()``; the row of that passage is kept);
     * ``'first'``: the score of the document's first passage among those present (``pt.text.first_passage()``);
-    * ``'mean'``: the mean of its passages' scores (``pt.text.mean_passage()``);
+    * ``'mean'``: the mean of its passages' scores (as ``pt.text.mean_passage()``), on the row of its best passage as
+      ``'max'``, so that the other columns are kept;
     * ``'sum'``: the sum of its ``k`` best passage scores (:class:`SumPassages`; ``k=None`` sums all), IDCM's
       top-k combination with equal weights.
     """

@@ -39,6 +39,8 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from pyterrier_llmrank.base import require_values
+
 __all__ = ['FUSION_METHODS', 'add_ranks', 'normalise_scores', 'fuse', 'Fusion', 'Hybrid']
 
 #: Fusion methods of :func:`fuse`: reciprocal rank fusion and linear interpolation of normalised scores.
@@ -225,6 +227,7 @@ class Fusion(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.query_frame(inp, extra_columns=['query'])
+        require_values(inp, ['qid'], type(self).__name__)
         results = [t(inp) for t in self.transformers]
         out = fuse(results, self.method, k=self.k, weights=self.weights, num_results=self.num_results)
         topics = inp.drop_duplicates('qid')

@@ -9,17 +9,19 @@ backend's ``batch_size``. The result of a query does not depend on the other que
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Generator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
-from pyterrier_llmrank.base import AtLeast, QueryCandidates, QueryReranker
+from pyterrier_llmrank.base import AtLeast, EfficiencyStats, QueryCandidates, QueryReranker
 
-__all__ = ['Algorithm', 'QueryState', 'GenerativeReranker', 'truncate_tokens', 'cut_words']
+__all__ = ['Algorithm', 'QueryState', 'GenerativeReranker', 'truncate_tokens', 'cut_words', 'fit_to_budget',
+           'backend_budget', 'fit_chat_prompt']
 
 
 def cut_words(text: Any, n: int) -> str:
@@ -42,6 +44,88 @@ def truncate_tokens(tokenizer: Any, text: Any, n: Optional[int]) -> str:
     if len(toks) <= n:
         return text
     return tokenizer.convert_tokens_to_string(toks[:n])
+
+
+P = TypeVar('P')
+
+
+def fit_to_budget(build: Callable[[Optional[int]], P], length: Callable[[P], int], budget: Optional[int],
+                  hi: Callable[[], int], *,
+                  who: str, qid: Any, room: str = '', stats: Optional[EfficiencyStats] = None) -> P:
+    """A prompt that fits the model's context: cut the documents, never the instruction or the query.
+
+    ``build(cap)`` makes the prompt with every document cut to its first ``cap`` tokens (``None``: the documents as
+    the method writes them, already cut by its own settings); ``length`` counts a prompt's tokens. When
+    ``build(None)`` fits ``budget`` tokens (or ``budget`` is ``None``: unknown context) it is returned as is, so
+    normal inputs are untouched. Otherwise the largest ``cap <= hi()`` (the longest document's tokens, computed only
+    then) whose prompt fits is found (binary search), a
+    ``UserWarning`` names the query and the cap, and ``truncated_prompts`` is counted in ``stats`` for the query,
+    as ICR does (:mod:`pyterrier_llmrank.icr`, overflow handling).
+
+    Raises:
+        ValueError: when the prompt without any document text (instruction, query, template) does not fit: the
+            query is too long (the error names the query and the token counts; ``room`` says where the budget comes
+            from).
+    """
+    prompt = build(None)
+    if budget is None:
+        return prompt
+    n = length(prompt)
+    if n <= budget:
+        return prompt
+    n0 = length(build(0))
+    if n0 > budget:
+        raise ValueError(f'{who}: query {qid!r} is too long: the prompt without any document text (instruction, query '
+                         f'and template) takes {n0} tokens, more than the {budget} tokens available{room}; shorten the '
+                         f'query')
+    lo, hi_ = 0, hi()  # build(lo) fits; the largest cap in [lo, hi_] that fits
+    while lo < hi_:
+        mid = (lo + hi_ + 1) // 2
+        if length(build(mid)) <= budget:
+            lo = mid
+        else:
+            hi_ = mid - 1
+    warnings.warn(f'{who}: query {qid!r}: the prompt ({n} tokens) exceeds the {budget} tokens available{room}; each '
+                  f'document cut to {lo} tokens to fit (counted as truncated_prompts in stats)', UserWarning,
+                  stacklevel=3)
+    if stats is not None:
+        stats.add(qid, truncated_prompts=1)
+    return build(lo)
+
+
+def backend_budget(backend: Any, max_new_tokens: int) -> Tuple[Optional[int], str]:
+    """The prompt budget of a generation backend: its context less ``max_new_tokens`` (the answer needs positions
+    too), and a note saying so for error messages; ``(None, '')`` when the backend has no tokenizer or no known
+    context (the check is skipped)."""
+    ctx = getattr(backend, 'context_length', None)
+    if ctx is None or backend.tokenizer is None:
+        return None, ''
+    return ctx - max_new_tokens, f' (the context of {ctx} tokens less max_new_tokens={max_new_tokens})'
+
+
+def fit_chat_prompt(backend: Any, make: Callable[[List[str]], ChatPrompt], docs: Sequence[str], max_new_tokens: int,
+                    *, who: str, qid: Any, stats: Optional[EfficiencyStats] = None) -> ChatPrompt:
+    """``make(docs)``, or ``make`` of the documents cut in the backend's tokens so that the prompt and
+    ``max_new_tokens`` fit the backend's context (:func:`fit_to_budget`); untouched without a known context."""
+    docs = list(docs)
+    budget, room = backend_budget(backend, max_new_tokens)
+    if budget is None:
+        return make(docs)
+    tok = backend.tokenizer
+    pieces: List[List[str]] = []
+
+    def tokens() -> List[List[str]]:
+        if not pieces:
+            pieces.extend(tok.tokenize(d) for d in docs)
+        return pieces
+
+    def build(cap: Optional[int]) -> ChatPrompt:
+        if cap is None:
+            return make(docs)
+        return make([tok.convert_tokens_to_string(t[:cap]) if len(t) > cap else d for t, d in zip(tokens(), docs)])
+
+    return fit_to_budget(build, backend.prompt_length, budget, lambda: max(map(len, tokens()), default=0), who=who,
+                         qid=qid, room=room, stats=stats)
 
 
 # the algorithm of one query: yields prompts, receives generations, returns the reranked order (row positions)
@@ -72,11 +156,17 @@ class GenerativeReranker(QueryReranker):
     The generators of all queries run in lock-step (:meth:`_rerank_queries`), so that the prompts ready at the
     same time go to the backend together, ``batch_size`` prompts per model call.
 
+    Context: every prompt is built with :meth:`fit_prompt`. When a prompt and ``max_new_tokens`` do not fit the
+    model's context (the backend's ``context_length``, e.g. ``max_position_embeddings``), its documents are cut
+    further in tokens (never the instruction or the query), with a ``UserWarning`` and the ``truncated_prompts``
+    counter; a query too long by itself raises a ``ValueError`` naming it (the methods that cut the query, as
+    Setwise's ``max_query_tokens``, do so first). A backend without a tokenizer or a known context skips the check.
+
     After a run, ``stats`` (an :class:`~pyterrier_llmrank.EfficiencyStats`) holds per query ``model_calls``
     (``generate`` calls, shared among the prompts of a batch), ``sequences`` (prompts, i.e. LLM calls in the
     papers' sense), ``input_tokens`` (prompt tokens), ``generated_tokens``, ``seconds``, ``repaired`` and
-    ``unparsable``; :meth:`trace` gives each prompt's raw answer (the model's reasoning included) and what was
-    read from it.
+    ``unparsable`` (and ``truncated_prompts`` when prompts were cut to fit); :meth:`trace` gives each prompt's raw
+    answer (the model's reasoning included) and what was read from it.
     """
 
     label = 'Generative'
@@ -120,6 +210,14 @@ class GenerativeReranker(QueryReranker):
                          'docnos': [st.docnos[p] for p in positions], 'output': gen.text, 'answer': answer,
                          'status': status})
         self.stats.add(st.qid, repaired=float(status == 'repaired'), unparsable=float(status == 'unparsable'))
+
+    def fit_prompt(self, st: QueryState, make: Callable[[List[str]], ChatPrompt], docs: Sequence[str]) -> ChatPrompt:
+        """The prompt ``make(docs)`` made to fit the model's context with room for ``max_new_tokens``: when it is
+        too long, the documents are cut further (never the instruction or the query), with a warning and the
+        ``truncated_prompts`` counter; a query too long by itself raises a ``ValueError``
+        (:func:`fit_chat_prompt`). Backends without a tokenizer or a known context skip the check."""
+        return fit_chat_prompt(self.backend, make, docs, self.max_new_tokens, who=type(self).__name__, qid=st.qid,
+                               stats=self.stats)
 
     # -- public -------------------------------------------------------------------------------------------------
 

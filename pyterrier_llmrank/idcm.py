@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -237,11 +238,21 @@ class IDCMModel(nn.Module):
 # ------------------------------------------------------------------------------------------------ loading
 
 def _read_state_dict(folder: Path) -> Dict[str, torch.Tensor]:
-    if (folder / 'model.safetensors').exists():
-        from safetensors.torch import load_file
-        return load_file(str(folder / 'model.safetensors'))
-    if (folder / 'pytorch_model.bin').exists():
-        return torch.load(str(folder / 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+    """The weights of a checkpoint folder; a ``ValueError`` naming the file when it cannot be read (truncated or
+    corrupted)."""
+    from safetensors import SafetensorError
+    for name in ('model.safetensors', 'pytorch_model.bin'):  # safetensors first
+        file = folder / name
+        if not file.exists():
+            continue
+        try:
+            if name.endswith('.safetensors'):
+                from safetensors.torch import load_file
+                return load_file(str(file))
+            return torch.load(str(file), map_location='cpu', weights_only=True)
+        except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+            raise ValueError(f'cannot read the weights file {file} (truncated or corrupted?): {type(e).__name__}: '
+                             f'{e}') from e
     raise FileNotFoundError(f'no weights in {folder} (expected one of {", ".join(_WEIGHT_FILES)})')
 
 
@@ -289,8 +300,13 @@ def load_idcm_model(path: Union[str, os.PathLike], bert_config: Any = None) -> T
     """
     from transformers import AutoModel, AutoTokenizer
     folder = _resolve_folder(path)
-    with open(folder / 'config.json', encoding='utf-8') as f:
-        cfg = json.load(f)
+    try:
+        with open(folder / 'config.json', encoding='utf-8') as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{folder / "config.json"} is not valid JSON (truncated or corrupted?): {e}') from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f'{folder / "config.json"} holds a {type(cfg).__name__}, not the IDCM config object')
     missing = [k for k in ('bert_model', 'sample_n', 'top_k_chunks', 'chunk_size', 'overlap') if k not in cfg]
     if missing:
         raise ValueError(f'{folder / "config.json"} lacks the IDCM keys {missing}')

@@ -171,8 +171,9 @@ class _SlidingWindowListwise(GenerativeReranker):
         order = list(range(len(st.rows)))
         for start, end in sliding_windows(n, self.window, self.step):
             cut = order[start:end]
-            gen = yield ChatPrompt.of(self.messages(st.query, [st.texts[p] for p in cut]),
-                                      add_special_tokens=self._add_special_tokens)
+            gen = yield self.fit_prompt(st, lambda docs: ChatPrompt.of(self.messages(st.query, docs),
+                                                                       add_special_tokens=self._add_special_tokens),
+                                        [cut_words(st.texts[p], self.max_words) for p in cut])
             perm, status = parse_permutation(self._answer_text(gen.text), len(cut))
             order[start:end] = [cut[j] for j in perm]
             self._record(st, 'window', cut, gen, [st.docnos[cut[j]] for j in perm], status)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+from safetensors import SafetensorError
 
 from pyterrier_llmrank.causal import PrefixKV, chat_parts, pad_id, special_tokens_around
 from pyterrier_llmrank.folders import build_folder, cache_dir, is_built
@@ -426,6 +427,10 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
         except OSError as e:
             raise OSError(f'could not load the model {str(model)!r} (looked for {path!r} as a local folder and, '
                           f'unless HF_HUB_OFFLINE=1, on the Hugging Face hub): {e}') from e
+        except (ValueError, SafetensorError) as e:  # a truncated or corrupted file: name the folder and its files
+            files = sorted(p.name for p in Path(path).glob('*') if p.is_file()) if os.path.isdir(path) else []
+            raise OSError(f'could not load the model {str(model)!r} from {path!r} (files {files}): a truncated or '
+                          f'corrupted file? {type(e).__name__}: {e}') from e
         if path != str(model):  # a short name: keep it as the model's name for reprs
             mdl.config._name_or_path = str(model)
         if tokenizer is None:

@@ -207,9 +207,14 @@ class DuoT5(_T5Mixin, QueryReranker):
     Sequence-to-Sequence Models", arXiv 2101.05667, 2021. Checkpoints: ``castorini/duot5-{base,3b}-msmarco[-10k]``.
 
     The input of a pair is ``Query: q Document0: d0 Document1: d1 Relevant:``, built from the three parts
-    tokenized separately (EOS chopped) as pyterrier-t5 does; when the parts exceed
+    tokenized separately (EOS chopped) as pyterrier-t5 does; when the parts exceed the budget
     ``n_positions - len(ids('Relevant:'))``, ``ceil(excess / 2)`` tokens are cut from the end of each
-    document (per pair; pyterrier-t5 decides it per batch, on padded widths). With ``s`` the log-probability
+    document (per pair; pyterrier-t5 decides it per batch, on padded widths). Where that rule cannot fit the
+    budget (one document shorter than the cut, or a long query), pyterrier-t5 runs the model past
+    ``n_positions`` (a 50k-word document or a 2k-word query exhausts memory); here, a deviation from
+    pyterrier-t5 in those cases only, every input fits: the query is cut to what the documents leave of the
+    budget but keeps at least half of it, the shorter document keeps up to half of the rest and the longer one
+    the remainder. With ``s`` the log-probability
     of ``true`` (d0 more relevant than d1), the aggregation is pyterrier-t5's ``sum``:
     ``score[d0] += s; score[d1] += 1 - s`` (mixing a log-probability with ``1 - s``, kept as is so that
     figures match pyterrier-t5 and its regression tests). A query with ``n`` documents costs ``n (n - 1)``
@@ -251,12 +256,22 @@ class DuoT5(_T5Mixin, QueryReranker):
         self.chunk_pairs = max(1024, 64 * batch_size)  # pairs encoded and sorted at once (bounds memory)
 
     def pair_ids(self, query: List[int], doc0: List[int], doc1: List[int]) -> List[int]:
-        """Encoder input of one pair from the parts' ids (EOS chopped), trimmed as pyterrier-t5 does."""
-        excess = len(query) + len(doc0) + len(doc1) - self.max_prefix
-        if excess > 0:
-            cut = math.ceil(excess / 2)
-            doc0, doc1 = doc0[:-cut], doc1[:-cut]  # same as pyterrier-t5's text0[:, :-cut]
-        return query + doc0 + doc1 + self.suffix
+        """Encoder input of one pair from the parts' ids (EOS chopped), always within ``n_positions``: trimmed as
+        pyterrier-t5 does when that fits, else within the budget described in the class docstring."""
+        budget = self.max_prefix
+        excess = len(query) + len(doc0) + len(doc1) - budget
+        if excess <= 0:
+            return query + doc0 + doc1 + self.suffix
+        cut = math.ceil(excess / 2)
+        if cut <= len(doc0) and cut <= len(doc1):  # pyterrier-t5's rule fits: the same input as pyterrier-t5
+            return query + doc0[:len(doc0) - cut] + doc1[:len(doc1) - cut] + self.suffix
+        # one document shorter than the cut, or a long query: the query keeps what the documents leave of the
+        # budget, at least half of it; the shorter document keeps up to half of the rest, the longer the remainder
+        query = query[:max(budget - len(doc0) - len(doc1), budget // 2)]
+        room = budget - len(query)
+        short = min(len(doc0), len(doc1), room // 2)
+        keep0, keep1 = (short, room - short) if len(doc0) <= len(doc1) else (room - short, short)
+        return query + doc0[:keep0] + doc1[:keep1] + self.suffix
 
     def encode(self, query: str, text0: str, text1: str) -> List[int]:
         """Encoder input ids of one pair (what the model reads)."""

@@ -32,6 +32,7 @@ import torch
 from pyterrier_llmrank import models
 from pyterrier_llmrank.base import AtLeast, OneOf, PointwiseReranker, fit_pieces
 from pyterrier_llmrank.causal import last_hidden, next_token_logits, shared_prefix_lengths
+from pyterrier_llmrank.generative import fit_to_budget
 
 __all__ = ['ProRank', 'DeARPointwise', 'YesNo',
            'PRORANK_SYSTEM_PREFIX', 'PRORANK_ASSISTANT_SUFFIX', 'PRORANK_SEP', 'PRORANK_INSTRUCTION_TEMPLATE',
@@ -277,6 +278,10 @@ class YesNo(_NextTokenPointwise):
         chat: wrap the prompt in the chat template (``None``: when the tokenizer has one); ``False``: the plain
             prompt with the tokenizer's leading special tokens.
         max_text_tokens: the passage is cut to this many tokens (decoded back to text, as ielab's ``truncate``).
+            A prompt still longer than the model's ``max_position_embeddings`` has its passage cut further, with a
+            ``UserWarning`` and the ``truncated_prompts`` counter of ``stats``; a query too long by itself (the
+            reference never cuts it) raises a ``ValueError`` naming the query
+            (:func:`~pyterrier_llmrank.generative.fit_to_budget`).
         prefix_reuse, prefix_cache_queries: see :class:`ProRank`.
         text_field, batch_size, verbose, device, dtype: as every reranker of the toolkit.
     """
@@ -317,20 +322,28 @@ class YesNo(_NextTokenPointwise):
     def _repr_args(self) -> str:
         return f'{self.model_name!r}' + ('' if self.prompt == YESNO_PROMPT else ', prompt=...')
 
-    def prompt_text(self, query: str, text: str) -> str:
-        """The full prompt string of one pair (chat template applied), before tokenization."""
+    def prompt_text(self, query: str, text: str, max_tokens: Optional[int] = None) -> str:
+        """The full prompt string of one pair (chat template applied), before tokenization; the text cut to
+        ``max_text_tokens`` (or ``max_tokens`` when smaller)."""
+        cap = self.max_text_tokens if max_tokens is None else min(max_tokens, self.max_text_tokens)
         ids = self.lm.ids(text)
-        if len(ids) > self.max_text_tokens:
-            text = self.tokenizer.decode(ids[:self.max_text_tokens])
+        if len(ids) > cap:
+            text = self.tokenizer.decode(ids[:cap])
         return self._before + self.prompt.format(query=query, text=text) + self._after
 
-    def prompt_ids(self, query: str, text: str) -> List[int]:
+    def prompt_ids(self, query: str, text: str, max_tokens: Optional[int] = None) -> List[int]:
         """Token ids of the model input for one pair."""
-        return self._pre + self.lm.ids(self.prompt_text(query, text))
+        return self._pre + self.lm.ids(self.prompt_text(query, text, max_tokens))
 
     def _prompts(self, inp: pd.DataFrame) -> List[List[int]]:
-        return [self.prompt_ids(q, t if isinstance(t, str) else '')
-                for q, t in zip(inp['query'].tolist(), inp[self.text_field].tolist())]
+        budget = self.lm.max_positions
+        out = []
+        for qid, q, t in zip(inp['qid'].tolist(), inp['query'].tolist(), inp[self.text_field].tolist()):
+            t = t if isinstance(t, str) else ''
+            out.append(fit_to_budget(lambda cap: self.prompt_ids(q, t, cap), len, budget,
+                                     lambda: min(len(self.lm.ids(t)), self.max_text_tokens), who='YesNo', qid=qid,
+                                     room=" (the model's max_position_embeddings)", stats=self.stats))
+        return out
 
     def _combine(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(torch.stack([pos, neg], -1), -1)[:, 0]

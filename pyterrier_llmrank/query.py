@@ -24,25 +24,31 @@ prompt starts from pyterrier-rag's default reader prompt and adds the chain-of-t
 Every LLM transformer takes a model name/pair or a :class:`~pyterrier_llmrank.GenerationBackend` (share one backend
 between steps to load the model once), decodes greedily, counts its cost in ``stats`` (an
 :class:`~pyterrier_llmrank.EfficiencyStats`, with ``repaired`` and ``unparsable`` answers) and keeps every raw
-answer in :meth:`trace`.
+answer in :meth:`trace`. A missing ``qid`` or ``query`` raises a ``ValueError`` naming the column and the rows (the
+rerankers' rule, :func:`~pyterrier_llmrank.base.require_values`); a prompt longer than the model's context has its
+passages cut further, and a query too long by itself raises a ``ValueError``
+(:func:`~pyterrier_llmrank.generative.fit_chat_prompt`).
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_llmrank.base import AtLeast, EfficiencyStats, check_arguments, first_stage_order
+from pyterrier_llmrank.base import AtLeast, EfficiencyStats, check_arguments, first_stage_order, require_values
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
-from pyterrier_llmrank.generative import truncate_tokens
+from pyterrier_llmrank.generative import fit_chat_prompt, truncate_tokens
 from pyterrier_llmrank.fusion import FUSION_METHODS, fuse
 
 __all__ = ['REWRITE_SYSTEM', 'REWRITE_PROMPT', 'DECOMPOSE_SYSTEM', 'DECOMPOSE_PROMPT', 'ANSWER_SYSTEM',
-           'ANSWER_PROMPT', 'ANSWER_PASSAGE', 'parse_rewrite', 'parse_subqueries', 'parse_answer', 'QueryRewrite',
+           'ANSWER_PROMPT', 'ANSWER_PASSAGE', 'parse_rewrite', 'parse_subqueries', 'parse_answer', 'subquery_list',
+           'QueryRewrite',
            'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']
 
 # Prompts: this toolkit's own (Omni-RAG's are not published); see the module docstring.
@@ -132,6 +138,16 @@ def _clean_list(items: Sequence[str], max_items: int) -> Tuple[List[str], bool]:
     return out[:max_items], changed
 
 
+def _unescape(item: str) -> str:
+    """A JSON string item's text: its escapes decoded, or the item as written when one is invalid (``\\q``)."""
+    if '\\' not in item:
+        return item
+    try:
+        return json.loads(f'"{item}"')
+    except ValueError:
+        return item
+
+
 def parse_subqueries(text: str, query: str, max_subqueries: int = 5) -> Tuple[List[str], str]:
     """Read sub-queries from an answer, robustly.
 
@@ -148,6 +164,9 @@ def parse_subqueries(text: str, query: str, max_subqueries: int = 5) -> Tuple[Li
     ``max_subqueries`` are kept. Status: ``'ok'`` when step 1 or 3 read the whole answer and nothing was dropped;
     ``'repaired'`` when text around the JSON was ignored, step 2 was needed or items were dropped; ``'unparsable'`` when
     no sub-query was found: the query itself is the only sub-query.
+
+    Never raises on the answer's text: JSON that cannot be read (invalid escapes, nesting too deep for the JSON
+    reader) goes on to the next step, and a string item with an invalid escape is kept as written.
     """
     body = re.sub(r'```(?:json)?', '', text).strip()
     candidates = []
@@ -158,7 +177,7 @@ def parse_subqueries(text: str, query: str, max_subqueries: int = 5) -> Tuple[Li
     for i, chunk in sorted(candidates):
         try:
             value = json.loads(chunk)
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested deeper than the JSON reader goes
             continue
         items = _strings(value)
         if items:
@@ -168,7 +187,7 @@ def parse_subqueries(text: str, query: str, max_subqueries: int = 5) -> Tuple[Li
                 return cleaned, 'ok' if whole and not changed else 'repaired'
     i = body.find('[')
     if i >= 0:
-        items = [json.loads(f'"{m}"') if '\\' in m else m for m in _LIST_ITEM.findall(body[i:])]
+        items = [_unescape(m) for m in _LIST_ITEM.findall(body[i:])]
         cleaned, _ = _clean_list(items, max_subqueries)
         if cleaned:
             return cleaned, 'repaired'
@@ -258,6 +277,13 @@ class _LLMStep(pt.Transformer):
         """One row per qid (the first), in input order."""
         return inp.drop_duplicates('qid')[['qid', 'query']].reset_index(drop=True)
 
+    def _fit(self, qid: Any, make: Any, docs: Sequence[str] = ()) -> ChatPrompt:
+        """``make(docs)`` fitted to the model's context with room for ``max_new_tokens`` (passages cut further,
+        never the query; a query too long by itself raises a ``ValueError``; see
+        :func:`~pyterrier_llmrank.generative.fit_chat_prompt`)."""
+        return fit_chat_prompt(self.backend, make, docs, self.max_new_tokens, who=type(self).__name__, qid=qid,
+                               stats=self.stats)
+
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.backend!r})'
 
@@ -294,11 +320,12 @@ class QueryRewrite(_LLMStep):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.columns(inp, includes=['qid', 'query'])
+        require_values(inp, ['qid', 'query'], type(self).__name__)
         out = pt.model.push_queries(inp, keep_original=False, inplace=False)
         if len(inp) == 0:
             return out
         qs = self._queries(inp)
-        prompts = [self.prompt(str(q)) for q in qs['query']]
+        prompts = [self._fit(qid, lambda _, q=q: self.prompt(str(q))) for qid, q in zip(qs['qid'], qs['query'])]
         gens = self._generate(qs['qid'].tolist(), prompts)
         new = {}
         for qid, q, p, g in zip(qs['qid'], qs['query'], prompts, gens):
@@ -339,12 +366,13 @@ class QueryDecompose(_LLMStep):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.columns(inp, includes=['qid', 'query'])
+        require_values(inp, ['qid', 'query'], type(self).__name__)
         out = inp.copy()
         if len(inp) == 0:
             out['subqueries'] = pd.Series(dtype=object)
             return out
         qs = self._queries(inp)
-        prompts = [self.prompt(str(q)) for q in qs['query']]
+        prompts = [self._fit(qid, lambda _, q=q: self.prompt(str(q))) for qid, q in zip(qs['qid'], qs['query'])]
         gens = self._generate(qs['qid'].tolist(), prompts)
         subs: Dict[Any, List[str]] = {}
         for qid, q, p, g in zip(qs['qid'], qs['query'], prompts, gens):
@@ -360,10 +388,39 @@ class QueryDecompose(_LLMStep):
     __str__ = __repr__
 
 
+def subquery_list(value: Any, qid: Any = None) -> List[str]:
+    """The sub-queries of one row's ``subqueries`` value: a list (tuple, array) of strings, or a string holding one
+    as JSON (``'["a", "b"]'``) or as Python writes it (``"['a', 'b']"``, what ``DataFrame.to_csv`` leaves of a list).
+
+    Raises:
+        ValueError: naming the column and the qid, for a missing value, a string that is not such a list, or any
+            other type.
+    """
+    where = f"column 'subqueries' of qid {qid!r}"
+    if isinstance(value, str):
+        parsed: Any = None
+        for read in (json.loads, ast.literal_eval):
+            try:
+                parsed = read(value)
+                break
+            except (ValueError, SyntaxError, RecursionError, MemoryError):
+                continue
+        if not isinstance(parsed, (list, tuple)) or not all(isinstance(v, str) for v in parsed):
+            raise ValueError(f'{where} is the string {value[:80]!r}, not a list of sub-queries (nor a string holding '
+                             f'one, such as \'["first", "second"]\'); give a list of strings per row')
+        return list(parsed)
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+        return [str(v) for v in value]
+    raise ValueError(f'{where} is {value!r} ({type(value).__name__}), not a list of sub-queries; give a list of '
+                     f'strings per row')
+
+
 class SubQueryRetrieve(pt.Transformer):
     """Intent-aware retrieval (Omni-RAG): ``retriever`` runs once per sub-query and the lists of a query are fused.
 
-    The input is a query frame with a ``subqueries`` column (from :class:`QueryDecompose`); each sub-query is
+    The input is a query frame with a ``subqueries`` column (from :class:`QueryDecompose`: a list of strings per
+    row; a string holding such a list, as a CSV round trip leaves it, is read back with :func:`subquery_list`); each
+    sub-query is
     retrieved as its own query (``qid`` kept, ``query`` the sub-query), then the lists of each qid are fused with
     :func:`~pyterrier_llmrank.fusion.fuse` (reciprocal rank fusion by default). The output is a result frame for the
     original queries: ``query`` is the query of the input (e.g. the rewritten one) so that the reranker after it
@@ -395,7 +452,7 @@ class SubQueryRetrieve(pt.Transformer):
         (0-based; -1 for the query itself when ``include_query``)."""
         rows = []
         for row in inp.drop_duplicates('qid').itertuples(index=False):
-            subs = list(getattr(row, 'subqueries'))
+            subs = subquery_list(getattr(row, 'subqueries'), row.qid)
             if self.include_query:
                 rows.append((row.qid, str(row.query), -1))
             rows.extend((row.qid, str(s), i) for i, s in enumerate(subs))
@@ -403,6 +460,7 @@ class SubQueryRetrieve(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.query_frame(inp, extra_columns=['query', 'subqueries'])
+        require_values(inp, ['qid'], 'SubQueryRetrieve')
         base_cols = [c for c in inp.columns if c not in ('docno', 'score', 'rank')]
         if len(inp) == 0:
             return inp[base_cols].assign(docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'),
@@ -473,6 +531,7 @@ class GenerateAnswer(_LLMStep):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.result_frame(inp, extra_columns=['query', self.text_field])
+        require_values(inp, ['qid', 'query'], type(self).__name__)
         drop = {'docno', 'docid', 'score', 'rank', self.text_field, 'query_vec', 'doc_vec'}
         qcols = ['qid', 'query'] + [c for c in inp.columns if c not in drop and c not in ('qid', 'query')]
         if len(inp) == 0:
@@ -483,8 +542,11 @@ class GenerateAnswer(_LLMStep):
             top = grp.head(self.k)
             qids.append(qid)
             heads.append(grp.iloc[0][qcols])
-            prompts.append(self.prompt(str(grp['query'].iloc[0]),
-                                       [t if isinstance(t, str) else '' for t in top[self.text_field]]))
+            query = str(grp['query'].iloc[0])
+            tok = self.backend.tokenizer
+            docs = [truncate_tokens(tok, t if isinstance(t, str) else '', self.max_passage_tokens)
+                    for t in top[self.text_field]]
+            prompts.append(self._fit(qid, lambda ds, q=query: self.prompt(q, ds), docs))
         gens = self._generate(qids, prompts)
         answers = []
         for qid, p, g in zip(qids, prompts, gens):

@@ -163,7 +163,7 @@ class Setwise(GenerativeReranker):
         if self.shuffle:
             perm = st.rng.sample(perm, len(perm))
         shown = [docs[j] for j in perm]
-        gen = yield self.prompt(query, [texts[p] for p in shown])
+        gen = yield self.fit_prompt(st, lambda docs: self.prompt(query, docs), [texts[p] for p in shown])
         choice = self.parse(gen.text, len(docs))
         if choice is None:
             self._record(st, 'compare', shown, gen, None, 'unparsable')

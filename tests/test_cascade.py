@@ -198,3 +198,29 @@ def test_minilm_scorer_is_cosine(tiny_llama):
     cascade = passage_cascade(scorer, UPR(tiny_llama.pair, device='cpu'), k=1, length=30, stride=20)
     res = cascade(docs_frame())
     assert len(res) == len(docs_frame())
+
+
+def test_duplicate_docnos_named_and_inputs_validated():
+    """The passage helpers never merge duplicate docnos silently, and name missing columns and qids."""
+    import pyterrier_alpha as pta
+    docs = pd.DataFrame({'qid': ['1', '1', '2'], 'query': 'q', 'docno': ['d1', 'd1', 'd1'],
+                         'text': ['a b c d e', 'other words', 'x y']})
+    with pytest.raises(ValueError, match=r"split_passages: 1 document docno\(s\) appear more than once.*\('1', 'd1'\)"):
+        split_passages(2, 2)(docs)
+    split_passages(2, 2)(docs.iloc[1:])  # the same docno under two queries is fine
+    passages = pd.DataFrame({'qid': '1', 'query': 'q', 'docno': ['d1%p0', 'd1%p0'], 'score': [1.0, 2.0]})
+    for method in ('max', 'first', 'mean', 'sum'):
+        with pytest.raises(ValueError, match=r"1 passage docno\(s\) appear more than once.*d1%p0"):
+            aggregate_passages(method)(passages)
+    with pytest.raises(pta.validate.InputValidationError, match='qid'):
+        split_passages()(docs.drop(columns='qid'))
+    with pytest.raises(ValueError, match=r"split_passages: column 'qid' is missing"):
+        split_passages()(docs.iloc[1:].assign(qid=[float('nan'), '2']))
+
+
+def test_mean_aggregation_keeps_columns():
+    passages = pd.DataFrame({'qid': '1', 'query': 'q', 'docno': ['d1%p0', 'd1%p1', 'd2%p0'], 'score': [1.0, 3.0, 2.5],
+                             'extra': ['x1', 'x1', 'x2']})
+    out = aggregate_passages('mean')(passages).set_index('docno')
+    assert out.loc['d1', 'score'] == 2.0 and out.loc['d2', 'score'] == 2.5
+    assert out.loc['d1', 'extra'] == 'x1' and out.loc['d2', 'rank'] == 0

@@ -7,6 +7,11 @@ A bad input must give either a clear error whose message names the problem, or a
 duplicated, finite scores, ranks consistent with scores). A case that fails today is listed in ``XFAIL`` with what
 goes wrong (strict: fixing it makes the test fail until the line is removed).
 
+Beyond frames: ``BAD_ARGUMENTS`` (constructor arguments: a ``ValueError`` naming the argument), ``BAD_FILES``
+(truncated and corrupted model, checkpoint and collection files: an error naming the file) and interrupted cache
+folders (rebuilt whole). Each case records its outcome (``correct result`` or ``clear error``) as a JUnit property:
+``pytest tests/test_contract.py --junitxml=contract.xml`` gives the totals.
+
 Adding a reranker: one ``Spec(...)`` line in ``SPECS``.
 """
 from __future__ import annotations
@@ -485,7 +490,7 @@ def run_bad_input(spec, t, case):
         message = f'{type(e).__name__}: {e}'
         assert words and isinstance(e, (ValueError, TypeError, KeyError, LookupError)) and \
             any(w in str(e).lower() for w in words), f'unclear error for {case}: {message[:300]}'
-        return
+        return 'clear error'
     if spec.kind in ('rerank', 'load'):
         assert len(out) == len(bad), (len(out), len(bad))
         key = lambda df: sorted(zip(df['qid'].map(repr), df['docno'].map(str)))  # noqa: E731
@@ -498,49 +503,20 @@ def run_bad_input(spec, t, case):
         assert c in out.columns
     if 'rank' in spec.adds:
         check_ranks(out)
+    return 'correct result'
 
 
 # ------------------------------------------------------------------------------------- known failures
 
 #: (spec, case) -> what goes wrong today. Strict: a fixed case fails until its line is removed.
-_NAN_QID_RANKS = 'a NaN qid reaches pt.model.add_ranks: pandas IntCastingNaNError, the qid is not named'
-
 XFAIL: Dict[Tuple[str, str], str] = {
-    # a NaN qid reaches pt.model.add_ranks, whose groupby drops the row: pandas IntCastingNaNError, qid not named
-    ('passage_cascade', 'nan_qid'): _NAN_QID_RANKS,
-    ('passages-mean', 'nan_qid'): _NAN_QID_RANKS,
-    ('Fusion', 'nan_qid'): 'the retrievers add ranks by qid: IntCastingNaNError from pt.model.add_ranks, qid not named',
-    ('Hybrid', 'nan_qid'): 'the retrievers add ranks by qid: IntCastingNaNError from pt.model.add_ranks, qid not named',
-    ('SubQueryRetrieve', 'nan_qid'): 'IntCastingNaNError from pt.model.add_ranks, qid not named',
-    ('GenerateAnswer', 'nan_qid'): 'the query of the NaN qid is dropped (groupby by qid): no answer row, no error',
-    # passages: split_passages >> ... >> aggregate_passages
-    ('passage_cascade', 'missing_columns'): "split_passages does not validate its input: KeyError 'qid' instead of "
-                                            "an error naming the column",
-    ('passages-mean', 'missing_columns'): "split_passages does not validate its input: KeyError 'qid' instead of an "
-                                          "error naming the column",
-    ('passage_cascade', 'repr_and_inspect'): "pt.inspect fails: SplitPassages's declared output lacks qid, so "
-                                             "TopPassages rejects it",
-    ('passages-mean', 'repr_and_inspect'): "pt.inspect fails: SplitPassages's declared output lacks qid, so "
-                                           "TopPassages rejects it",
-    ('passages-mean', 'extra_columns'): "aggregate_passages('mean') (pt.text.mean_passage) drops the extra columns",
-    ('passage_cascade', 'duplicate_docno'): 'two rows with the same docno are aggregated into one: a row is lost '
-                                            'silently',
-    ('passages-mean', 'duplicate_docno'): 'two rows with the same docno are aggregated into one: a row is lost '
-                                          'silently',
     # qid types
     ('StoredRun', 'int_and_str_qids'): 'int qids of the topics come back as str (the run is merged on str qids)',
     ('StoredRun', 'mixed_qid_types'): 'the int qid 1 comes back as the str qid "1"',
 }
 
 #: (spec, case) -> why it is not run (too slow to run on every test run), listed as an expected failure.
-NOT_RUN: Dict[Tuple[str, str], str] = {
-    ('DuoT5', 'long_query'): 'the query is not truncated: a 50k-word query asks for a 270 GB tensor',
-    ('DuoT5', 'long_text'): 'the documents are not truncated: a 50k-word document asks for a 68 GB tensor',
-    ('RankGPT-hf', 'long_query'): 'the query is not truncated (max_words cuts only passages): a 50k-word query asks '
-                                  'for a 40 GB tensor',
-    ('YesNo', 'long_query'): 'the query is not truncated (max_text_tokens cuts only the text): a 50k-word query runs '
-                             'the model on ~50k tokens (155 s on the tiny Llama)',
-}
+NOT_RUN: Dict[Tuple[str, str], str] = {}
 
 
 def _params(cases):
@@ -561,6 +537,156 @@ def test_contract(built, name, check):
 
 
 @pytest.mark.parametrize('name, case', _params(BAD_INPUTS))
-def test_bad_input(built, name, case):
+def test_bad_input(built, name, case, record_property):
     spec = SPEC[name]
-    run_bad_input(spec, built(name), case)
+    record_property('outcome', run_bad_input(spec, built(name), case))
+
+
+# ------------------------------------------------------------------------------------------ bad arguments
+
+#: case -> (a constructor call with one bad argument, the argument its ValueError must name)
+BAD_ARGUMENTS: Dict[str, Tuple[Callable[[Any], Any], str]] = {
+    'UPR-batch_size-0': (lambda m: UPR(m.tiny_t5.pair, device='cpu', batch_size=0), 'batch_size'),
+    'MonoT5-batch_size-neg': (lambda m: MonoT5(model=m.tiny_t5.pair, device='cpu', batch_size=-1), 'batch_size'),
+    'DuoT5-agg': (lambda m: DuoT5(model=m.tiny_t5.pair, device='cpu', agg='max'), 'agg'),
+    'YesNo-prompt': (lambda m: YesNo(m.tiny_llama.pair, device='cpu', prompt='{query} only'), 'text'),
+    'ICR-scoring': (lambda m: ICR(m.tiny_llama.pair, device='cpu', scoring='best'), 'scoring'),
+    'ICR-overflow': (lambda m: ICR(m.tiny_llama.pair, device='cpu', overflow='ignore'), 'overflow'),
+    'RankGPT-window-1': (lambda m: RankGPT(scripted(listwise_answer, m), window=1), 'window'),
+    'RankGPT-step-str': (lambda m: RankGPT(scripted(listwise_answer, m), step='10'), 'step'),
+    'Setwise-num_child-0': (lambda m: Setwise(scripted(setwise_answer, m), num_child=0), 'num_child'),
+    'RankR1-num_child-20': (lambda m: RankR1(scripted(rankr1_answer, m), num_child=20), 'num_child'),
+    'RankR1-max_new_tokens-0': (lambda m: RankR1(scripted(rankr1_answer, m), max_new_tokens=0), 'max_new_tokens'),
+    'split_passages-stride': (lambda m: split_passages(4, 8), 'stride'),
+    'TopPassages-k-0': (lambda m: TopPassages(0), 'k'),
+    'TopPassages-per': (lambda m: TopPassages(2, per='corpus'), 'per'),
+    'aggregate_passages-method': (lambda m: aggregate_passages('median'), 'method'),
+    'Fusion-method': (lambda m: Fusion(word_overlap('a'), word_overlap('b'), method='borda'), 'borda'),
+    'Hybrid-alpha': (lambda m: Hybrid(word_overlap('a'), word_overlap('b'), fusion='minmax', alpha=2.0), 'alpha'),
+    'SubQueryRetrieve-fusion': (lambda m: SubQueryRetrieve(word_overlap('a'), fusion='borda'), 'fusion'),
+    'QueryDecompose-max_subqueries': (lambda m: QueryDecompose(scripted(lambda p: '[]', m), max_subqueries=0),
+                                      'max_subqueries'),
+    'GenerateAnswer-k': (lambda m: GenerateAnswer(scripted(lambda p: 'Answer: x', m), k=0), 'k'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_ARGUMENTS))
+def test_bad_argument(models, case, record_property):
+    make, word = BAD_ARGUMENTS[case]
+    with pytest.raises(ValueError) as e:
+        make(models)
+    assert word in str(e.value), str(e.value)
+    record_property('outcome', 'clear error')
+
+
+# ------------------------------------------------------------------------------ truncated and corrupted files
+
+def _truncate(file):
+    data = file.read_bytes()
+    file.write_bytes(data[:len(data) // 2])
+
+
+def _idcm_folder(models, tmp_path, weights):
+    model, tok = models.tiny_idcm
+    folder = tmp_path / 'idcm'
+    IDCM(model, tokenizer=tok, device='cpu').save_pretrained(folder)
+    if weights == 'model.safetensors':
+        from safetensors.torch import save_file
+        state = torch.load(folder / 'pytorch_model.bin', weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / 'model.safetensors'))
+        (folder / 'pytorch_model.bin').unlink()
+    return folder
+
+
+def _model_copy(models, tmp_path):
+    import shutil
+    folder = tmp_path / 't5'
+    shutil.copytree(models.tiny_t5.path, folder)
+    return folder
+
+
+def _idcm_config(models, tmp_path):
+    folder = _idcm_folder(models, tmp_path, 'pytorch_model.bin')
+    _truncate(folder / 'config.json')
+    IDCM.from_pretrained(folder, device='cpu')
+
+
+def _idcm_weights(name):
+    def case(models, tmp_path):
+        folder = _idcm_folder(models, tmp_path, name)
+        _truncate(folder / name)
+        IDCM.from_pretrained(folder, device='cpu')
+    return case
+
+
+def _model_file(name):
+    def case(models, tmp_path):
+        folder = _model_copy(models, tmp_path)
+        _truncate(folder / name)
+        MonoT5(model=str(folder), device='cpu')
+    return case
+
+
+def _gzip_docs(models, tmp_path):
+    import shutil
+    folder = tmp_path / 'collection'
+    shutil.copytree(models.tiny_collection.path, folder)
+    data = bytearray(gzip.compress(gzip.decompress((folder / 'docs.jsonl.gz').read_bytes()), mtime=0))
+    data[10] = 0xFF  # the first deflate block (after the 10-byte header of gzip.compress): a reserved block type
+    (folder / 'docs.jsonl.gz').write_bytes(bytes(data))
+    datasets.load(folder).text_loader()(result_frame().drop(columns='text'))
+
+
+def _truncated_topics(models, tmp_path):
+    import shutil
+    folder = tmp_path / 'collection'
+    shutil.copytree(models.tiny_collection.path, folder)
+    (folder / 'topics.tsv').write_text('1\twhat is the capital of france\n2')  # the last line lost its text
+    datasets.load(folder).get_topics()
+
+
+#: case -> (make the damaged file and load it, accepted error types, words one of which the message must name)
+BAD_FILES: Dict[str, Tuple[Callable, Tuple[type, ...], Tuple[str, ...]]] = {
+    'idcm-truncated-config.json': (_idcm_config, (ValueError,), ('config.json',)),
+    'idcm-truncated-pytorch_model.bin': (_idcm_weights('pytorch_model.bin'), (ValueError,), ('pytorch_model.bin',)),
+    'idcm-truncated-model.safetensors': (_idcm_weights('model.safetensors'), (ValueError,), ('model.safetensors',)),
+    'model-truncated-model.safetensors': (_model_file('model.safetensors'), (OSError,), ('model.safetensors',)),
+    'model-truncated-config.json': (_model_file('config.json'), (OSError,), ('config.json',)),
+    'collection-corrupted-docs.jsonl.gz': (_gzip_docs, (ValueError,), ('docs.jsonl.gz',)),
+    'collection-truncated-topics.tsv': (_truncated_topics, (ValueError,), ('topics.tsv',)),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_FILES))
+def test_bad_file(models, tmp_path, case, record_property):
+    make, types, words = BAD_FILES[case]
+    with pytest.raises(types) as e:
+        make(models, tmp_path)
+    assert any(w in str(e.value) for w in words), f'{type(e.value).__name__}: {str(e.value)[:300]}'
+    record_property('outcome', 'clear error')
+
+
+# -------------------------------------------------------------------------------- interrupted cache folders
+
+@pytest.mark.parametrize('leftover', ['files-without-marker', 'temporary-sibling', 'empty'])
+def test_interrupted_cache_folder(tmp_path, leftover, record_property):
+    """A cache folder an interrupted build left behind is rebuilt by the next build (folders.build_folder), and the
+    result is whole: the case behind models.resolve_model_path, PISA and dense indexes."""
+    from pyterrier_llmrank.folders import build_folder
+    target = tmp_path / 'index'
+    if leftover == 'files-without-marker':
+        target.mkdir()
+        (target / 'part-0').write_text('half')
+    elif leftover == 'temporary-sibling':
+        (tmp_path / '.index.tmp-dead').mkdir()
+        (tmp_path / '.index.tmp-dead' / 'part-0').write_text('half')
+    else:
+        target.mkdir()
+
+    def write(tmp):
+        (tmp / 'part-0').write_text('whole')
+        (tmp / 'meta.json').write_text('{}')
+
+    assert build_folder(target, write, marker='meta.json') == target
+    assert (target / 'part-0').read_text() == 'whole' and (target / 'meta.json').exists()
+    record_property('outcome', 'correct result')

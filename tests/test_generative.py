@@ -540,3 +540,54 @@ def test_dear_listwise_tokenizes_with_special_tokens_as_its_client():
     RankGPT(gpt)(run_frame(2))
     assert all(p.add_special_tokens for p in dear.prompts)
     assert not any(p.add_special_tokens for p in gpt.prompts)
+
+
+# -- prompts longer than the model's context ---------------------------------------------------------------------
+
+def long_frame(n, words, query='cats'):
+    return pd.DataFrame({'qid': 'q1', 'query': query, 'docno': [f'd{i}' for i in range(n)],
+                         'text': [f'text of d{i} ' + 'purr ' * words for i in range(n)],
+                         'score': np.arange(n, 0, -1, dtype=float)})
+
+
+@pytest.mark.parametrize('make', [
+    lambda b: RankGPT(b, window=4, step=2, max_new_tokens=8),
+    lambda b: DeARListwise(b, window=4, step=2, max_new_tokens=8),
+    lambda b: Setwise(b, num_child=3, k=2, max_passage_tokens=None),
+    lambda b: RankR1(b, num_child=3, k=2, max_new_tokens=8),
+], ids=['RankGPT', 'DeARListwise', 'Setwise', 'RankR1'])
+def test_prompts_fit_the_context(tiny_llama, make):
+    """A prompt past the context (less max_new_tokens) has its documents cut, never the instruction or query; the
+    cut is warned and counted; a backend without a context is not touched."""
+    tok = tiny_llama.tokenizer
+    inp = long_frame(6, 300)
+    free = ScriptedBackend(reverse_answer, tokenizer=tok)
+    make(free)(inp)
+    longest = max(free.prompt_length(p) for p in free.prompts)
+    assert longest > 900  # the documents as the method cuts them make long prompts
+    bounded = ScriptedBackend(reverse_answer, tokenizer=tok, context_length=600)
+    rr = make(bounded)
+    with pytest.warns(UserWarning, match=r"query 'q1'.*each document cut to \d+ tokens"):
+        out = rr(inp)
+    assert len(out) == 6
+    assert all(bounded.prompt_length(p) <= 600 - rr.max_new_tokens for p in bounded.prompts)
+    assert all('cats' in p.last_user for p in bounded.prompts)  # the query is kept
+    assert rr.stats.per_query()['truncated_prompts'].sum() >= 1
+    # a query too long by itself: a clear error naming the query (Setwise-style rerankers cut it first)
+    long_q = long_frame(4, 3, query='purr ' * 2000)
+    if isinstance(rr, Setwise):
+        make(ScriptedBackend(reverse_answer, tokenizer=tok, context_length=600))(long_q)  # max_query_tokens cuts it
+    else:
+        with pytest.raises(ValueError, match=r"query 'q1' is too long.*600 tokens less max_new_tokens"):
+            make(ScriptedBackend(reverse_answer, tokenizer=tok, context_length=600))(long_q)
+
+
+def test_rankr1_settings_fit_smollm2_context(tiny_llama):
+    """Rank-R1's settings (20 documents of 512 tokens per prompt) on SmolLM2's context of 8192 tokens: the prompts
+    are cut to fit with room for the answer."""
+    tok = tiny_llama.tokenizer
+    backend = ScriptedBackend(lambda p: '<answer>[1]</answer>', tokenizer=tok, context_length=8192)
+    rr = RankR1(backend, k=1, max_new_tokens=256)
+    with pytest.warns(UserWarning, match='each document cut'):
+        rr(long_frame(20, 600))
+    assert max(backend.prompt_length(p) for p in backend.prompts) <= 8192 - 256

@@ -37,9 +37,18 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_conversion_once(monkeypatch, tmp_path, smollm2):
-    """The GGUF file is converted into a plain HF folder once; later calls reuse it; the weights match."""
+    """The GGUF file is converted into a plain HF folder once; later calls reuse it; the weights match. The cache
+    starts with a stale folder, as an interrupted first run leaves it (files, no config.json marker): it is rebuilt
+    (folders.build_folder), not reused or failed on with 'Directory not empty'."""
     monkeypatch.setenv('PYTERRIER_LLMRANK_CACHE', str(tmp_path))
+    stale = tmp_path / 'models' / 'smollm2-135m-instruct'
+    stale.mkdir(parents=True)
+    (stale / 'model.safetensors').write_bytes(b'half a file')
+    (stale / 'tokenizer.json').write_text('{"truncated": ')
     path = models.resolve_model_path('smollm2-135m-instruct')
+    assert path == str(stale) and (stale / 'model.safetensors').stat().st_size > 1000
+    json.loads((stale / 'tokenizer.json').read_text())  # the stale files were replaced by a whole build
+    assert [p.name for p in (tmp_path / 'models').iterdir()] == [stale.name]  # no temporary folder left
     config = json.loads((tmp_path / 'models' / 'smollm2-135m-instruct' / 'config.json').read_text())
     assert 'quantization_config' not in config and config['model_type'] == 'llama'
     stamp = (tmp_path / 'models' / 'smollm2-135m-instruct' / 'config.json').stat().st_mtime_ns

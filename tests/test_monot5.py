@@ -101,10 +101,14 @@ def test_monot5_truncates_the_document_and_keeps_the_suffix(tiny_t5, dl19):
 
 @pytest.fixture(scope='module')
 def duo_input(dl19):
-    """3 queries x 5 passages; the first query's group holds the long document (trimmed per pair)."""
+    """3 queries x 5 passages; the first query's group holds two long documents (a pair of them is trimmed by
+    pyterrier-t5's rule, which fits there) and three short ones."""
     first = dl19['qid'].iloc[0]
     short = dl19[dl19['docno'] != 'LONG']
-    parts = [short[short['qid'] == first].head(4), dl19[dl19['docno'] == 'LONG'],
+    texts = short['text'].tolist()
+    longs = pd.DataFrame([{**short.iloc[0].to_dict(), 'docno': f'LONG{i}', 'score': -1.0 - i,
+                           'text': ' '.join(texts[3 * i:3 * i + 3])} for i in range(2)])
+    parts = [short[short['qid'] == first].head(3), longs,
              short[short['qid'] != first].groupby('qid', sort=False).head(5)]
     return pd.concat(parts, ignore_index=True)
 
@@ -124,10 +128,38 @@ def test_duot5_equals_pyterrier_t5(tiny_t5, duo_input):
     per_q = duo.stats.per_query().set_index('qid')
     assert per_q['sequences'].tolist() == [20.0] * 3
     assert per_q['model_calls'].sum() == pytest.approx(np.ceil(60 / 8))
+    # the two long documents were trimmed by pyterrier-t5's rule (the sequence of that pair is at the limit)
+    long0, long1 = duo_input.set_index('docno').loc[['LONG0', 'LONG1'], 'text']
+    pair = duo.encode(duo_input['query'].iloc[0], long0, long1)
+    assert len(pair) in (511, 512)
     # too long: ceil(excess / 2) tokens cut from each document (one more than needed when excess is odd)
     long_pair = duo.encode(duo_input['query'].iloc[0], 'x ' * 400, 'y ' * 401)
     assert long_pair[-3:] == tiny_t5.tokenizer(DUOT5_SUFFIX)['input_ids']
     assert len(long_pair) in (511, 512)
+
+
+def test_duot5_input_always_fits(tiny_t5):
+    """Where pyterrier-t5's rule cannot fit n_positions (one short document and a long one, or a long query), the
+    budget rule does: the short document whole, the query kept while it leaves room, cut to half the budget when
+    it alone is too long."""
+    duo = DuoT5(model=tiny_t5.pair, batch_size=8)
+    q, short, big = duo._ids(['Query: cats purr', 'Document0: a short one', 'Document1: ' + 'word ' * 50_000])
+    budget = 512 - len(duo.suffix)
+    ids = duo.pair_ids(q, short, big)
+    assert len(ids) == 512 and ids[:len(q) + len(short)] == q + short  # query and short document whole
+    ids = duo.pair_ids(q, big, short)
+    assert len(ids) == 512 and ids[:len(q)] == q and ids[-len(short) - 3:-3] == short
+    long_q, = duo._ids(['Query: ' + 'purr ' * 2000])
+    ids = duo.pair_ids(long_q, short, short)
+    assert len(ids) == 512 and ids[len(ids) - 3 - 2 * len(short):-3] == short + short  # documents whole
+    ids = duo.pair_ids(long_q, big, big)
+    assert len(ids) in (511, 512) and ids[:budget // 2] == long_q[:budget // 2]
+    # scored end to end: a 50k-word document and a 2k-word query run within n_positions
+    frame = pd.DataFrame({'qid': '1', 'query': ['purr ' * 2000] * 3, 'docno': ['a', 'b', 'c'],
+                          'text': ['word ' * 50_000, 'a short one', 'another short one']})
+    out = duo(frame)
+    assert len(out) == 3 and np.isfinite(out['score']).all()
+    assert duo.stats.per_query()['padded_tokens'].max() <= 512 * 6
 
 
 def test_duot5_single_document_and_many_documents(tiny_t5):

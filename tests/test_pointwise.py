@@ -410,3 +410,21 @@ def test_reprs_and_errors(smollm2, tiny_cls):
         DeARPointwise(smollm2)
     with pytest.raises(ValueError, match='batch_size'):
         ProRank(smollm2, batch_size=0)
+
+
+def test_yesno_fits_the_context(tiny_llama):
+    """A pair past max_position_embeddings (2048 on the tiny Llama) has its text cut further, with a warning and
+    the truncated_prompts counter; a query too long by itself is a clear error, the model never runs on it."""
+    yn = YesNo(tiny_llama.pair, max_text_tokens=100_000, device='cpu', dtype='float32')
+    inp = pd.DataFrame({'qid': ['1', '1'], 'query': 'cats', 'docno': ['a', 'b'],
+                        'text': ['cats purr ' * 3000, 'a short one']})
+    with pytest.warns(UserWarning, match=r"YesNo: query '1'.*each document cut to \d+ tokens"):
+        out = yn(inp)
+    assert len(out) == 2 and np.isfinite(out['score']).all()
+    assert yn.stats.per_query()['truncated_prompts'].tolist() == [1.0]
+    long_ids = yn.prompt_ids('cats', 'cats purr ' * 3000)
+    assert len(long_ids) > 2048
+    assert len(yn._prompts(inp.iloc[:1])[0]) <= 2048
+    assert yn._prompts(inp.iloc[1:])[0] == yn.prompt_ids('cats', 'a short one')  # a pair that fits is untouched
+    with pytest.raises(ValueError, match=r"YesNo: query '1' is too long"):
+        yn(inp.assign(query='purr ' * 5000))

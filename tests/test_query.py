@@ -1,5 +1,7 @@
 """Omni-RAG's query understanding steps: exact prompts, parsing and repair rules, sub-query fusion and answer plumbing
 with the scripted backend; one end-to-end run with SmolLM2 on SciFact."""
+import io
+
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
@@ -205,3 +207,46 @@ def test_omni_rag_smollm2_scifact(smollm2, data_dir):
         st = step.stats.per_query()
         assert len(st) == 2 and st['sequences'].tolist() == [1, 1] and st['generated_tokens'].gt(0).all()
         assert set(step.trace()['status']) <= {'ok', 'repaired', 'unparsable'}
+
+
+@pytest.mark.parametrize('text', [
+    r'["capital of \q france", "paris"]',                     # an invalid escape, whole list
+    r'["capital of \q france", "paris", "lo',                 # an invalid escape, truncated list
+    '[' * 100_000 + '"a"' + ']' * 100_000,                     # deeper than the JSON reader goes
+    '[' * 100_000,
+    '{"sub_queries": ' * 50_000 + '[]' + '}' * 50_000,
+    '"\\',
+])
+def test_parse_subqueries_never_raises(text):
+    items, status = parse_subqueries(text, 'the query', max_subqueries=5)
+    assert items and all(isinstance(s, str) for s in items) and status in ('ok', 'repaired', 'unparsable')
+    if text.startswith('["capital'):
+        assert items[:2] == ['capital of \\q france', 'paris'] and status == 'repaired'
+
+
+def test_subqueries_as_strings_and_missing_qids():
+    """A subqueries column that went through a CSV file (a string holding the list) is read back; anything else is
+    a clear error; a missing qid is named by SubQueryRetrieve and GenerateAnswer."""
+    seen = []
+
+    def retrieve(topics):
+        seen.extend(topics['query'])
+        return pd.DataFrame({'qid': topics['qid'], 'query': topics['query'], 'docno': 'd1', 'score': 1.0, 'rank': 0})
+    sqr = SubQueryRetrieve(pt.apply.generic(retrieve))
+    base = pd.DataFrame({'qid': ['1'], 'query': ['q'], 'subqueries': [['first one', 'second']]})
+    csv = pd.read_csv(io.StringIO(base.to_csv(index=False)), dtype={'qid': str})
+    assert csv['subqueries'].iloc[0] == "['first one', 'second']"
+    for frame in (csv, base.assign(subqueries=['["first one", "second"]'])):
+        seen.clear()
+        out = sqr(frame)
+        assert seen == ['first one', 'second'] and len(out) == 1
+    with pytest.raises(ValueError, match=r"column 'subqueries' of qid '1' is the string 'first one'"):
+        sqr(base.assign(subqueries=['first one']))
+    with pytest.raises(ValueError, match=r"column 'subqueries' of qid '1' is nan"):
+        sqr(base.assign(subqueries=[float('nan')]))
+    with pytest.raises(ValueError, match=r"SubQueryRetrieve: column 'qid' is missing .*positions \[0\]"):
+        sqr(base.assign(qid=[float('nan')]))
+    answer = GenerateAnswer(ScriptedBackend(lambda p: 'Answer: x'), k=1)
+    res = pd.DataFrame({'qid': ['1', float('nan')], 'query': 'q', 'docno': ['a', 'b'], 'text': 't', 'score': 1.0})
+    with pytest.raises(ValueError, match=r"GenerateAnswer: column 'qid' is missing .*positions \[1\]"):
+        answer(res)
