@@ -6,7 +6,8 @@ from pyterrier_llmrank.base import EfficiencyStats
 from pyterrier_llmrank.upr import UPR
 from pyterrier_llmrank.monot5 import DuoT5, MonoT5
 from pyterrier_llmrank.pointwise import DeARPointwise, ProRank, YesNo
-from pyterrier_llmrank.backends import GenerationBackend, HFGenerationBackend, ScriptedBackend, VLLMBackend
+from pyterrier_llmrank.backends import (GenerationBackend, HFGenerationBackend, OpenAIBackend, ScriptedBackend,
+                                       VLLMBackend)
 from pyterrier_llmrank.listwise import DeARListwise, RankGPT
 from pyterrier_llmrank.setwise import RankR1, Setwise
 from pyterrier_llmrank.icr import ICR
@@ -19,7 +20,7 @@ from pyterrier_llmrank.caching import cached
 
 __all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'MonoT5', 'DuoT5', 'ProRank',
            'DeARPointwise', 'YesNo',
-           'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
+           'GenerationBackend', 'HFGenerationBackend', 'OpenAIBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
            'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer',

@@ -8,12 +8,19 @@ LLM step of :mod:`~pyterrier_llmrank.query` runs unchanged on any of them:
   in this process;
 * :class:`VLLMBackend` -- vLLM's offline ``LLM.generate`` when vLLM is installed (optional: ``pip install vllm``);
   choose it on a GPU machine for large models and many queries;
+* :class:`OpenAIBackend` -- chat completions from any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp,
+  Ollama, ``transformers serve``, OpenAI itself) through the official ``openai`` client, many requests in flight;
+  choose it when the model is served by an engine of its own;
 * :class:`ScriptedBackend` -- a deterministic stand-in that answers from a list, a table or a function and records
   every prompt it received, for exact tests of the ranking algorithms.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -24,7 +31,8 @@ from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import left_pad
 
 __all__ = ['ChatPrompt', 'Generation', 'share_cost', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
-           'ScriptedBackend', 'resolve_backend']
+           'OpenAIBackend', 'OpenAIServerError', 'PREFIX_MODES', 'PREFIX_INSTRUCTION', 'ScriptedBackend',
+           'resolve_backend']
 
 @dataclass(frozen=True)
 class ChatPrompt:
@@ -284,6 +292,274 @@ class VLLMBackend(GenerationBackend):
             if progress is not None:
                 progress(len(gens))
         return result
+
+
+# The ways OpenAIBackend answers a prompt whose assistant answer must start with a prefix (ChatPrompt.prefix)
+PREFIX_MODES = ('auto', 'completions', 'continue', 'instruct')
+# this toolkit's own wording (no reference prompt exists): appended to the last user message in prefix mode
+# 'instruct', where neither the server nor a local chat template can continue the assistant's answer
+PREFIX_INSTRUCTION = '\n\nBegin your answer with "{prefix}".'
+
+
+class OpenAIServerError(RuntimeError):
+    """A request to an OpenAI-compatible server failed (after the client's retries, or rejected outright)."""
+
+
+class OpenAIBackend(GenerationBackend):
+    """Chat completions from an OpenAI-compatible server, through the official ``openai`` client.
+
+    Choose it when the model runs in a serving engine of its own -- vLLM's or SGLang's OpenAI server, TGI,
+    llama.cpp's server, Ollama, ``transformers serve`` -- or is an API model (RankGPT's GPT-4): every generative
+    reranker and LLM step runs over it unchanged. Each prompt is one request; up to ``concurrency`` requests are
+    in flight at once (a thread pool), and the engine batches them on its side. Answers come back in prompt order.
+
+    Decoding: ``temperature=0`` (the default of the rerankers) is greedy, as in :class:`HFGenerationBackend`;
+    above 0 the server samples with ``top_p`` and ``seed`` (sent only when sampling). ``max_new_tokens`` is sent as
+    ``max_tokens``; ``stop`` (strings) with every request. Retries: the client's own, with exponential backoff
+    (0.5 s doubling to 8 s, with jitter) on connection errors, timeouts, 408/409/429 and 5xx, ``max_retries``
+    times, each attempt limited to ``timeout`` seconds; then an :class:`OpenAIServerError` naming the URL and the
+    model. A 200 answer that is not a completion (no choices, no text, not JSON) gives an empty text, counted
+    in ``counts['malformed']`` -- the rerankers then count the prompt as unparsable and go on.
+
+    Accounting: ``prompt_tokens`` and ``generated_tokens`` come from the response's ``usage`` (counted locally
+    with ``tokenizer``, or in words, when a server sends none: ``counts['usage_missing']``); ``padded_tokens`` is
+    the prompt (a server's padding is not visible); ``calls`` is 1 per request; ``seconds`` is the wall-clock
+    time of the whole :meth:`generate` call shared among its prompts in proportion to their tokens (so they add
+    up to the wall-clock time, not to the sum of the latencies of concurrent requests).
+
+    Assistant prefix (``ChatPrompt.prefix``, Setwise's ``' Passage:'``): the chat API has no way to continue an
+    answer, so ``prefix_mode`` says how such prompts are sent (prompts without a prefix always go to
+    ``/chat/completions``):
+
+    * ``'completions'``: the chat template of the local ``tokenizer`` is rendered here exactly as
+      :class:`HFGenerationBackend` renders it (generation prompt + prefix) and sent as text to the legacy
+      ``/completions`` endpoint (vLLM, SGLang, TGI, llama.cpp, Ollama and ``transformers serve`` have it); the
+      server tokenizes it with its default special tokens -- as Setwise's reference does
+      (``add_special_tokens=True``); for prompts that ask for none, a leading BOS written by the template is
+      dropped when the tokenizer adds one itself, so that the model reads a single BOS. The model reads the same
+      tokens as in process; the tokenizer must be the served model's.
+    * ``'continue'``: the prefix is sent as a final assistant message with ``continue_final_message=True`` and
+      ``add_generation_prompt=False`` in the request body (vLLM's and SGLang's chat extensions; other servers
+      reject or ignore them). Exact when the chat template writes the message verbatim (templates that trim the
+      content drop the prefix's leading space).
+    * ``'instruct'``: :data:`PREFIX_INSTRUCTION` is appended to the last user message, ``max_tokens`` grows by
+      the prefix's length in characters (a bound on its tokens), and the prefix is cut from the answer when the
+      model repeats it. An approximation for APIs that allow nothing else (OpenAI); the model reads a different
+      prompt from the reference's.
+    * ``'auto'`` (default): ``'completions'`` when a ``tokenizer`` is given, else ``'instruct'``.
+
+    ``counts`` records per mode the prompts sent that way (``chat``, ``completions``, ``continue``,
+    ``instruct``), and ``malformed``, ``usage_missing``, ``reasoning_joined`` (answers whose reasoning the server
+    split into ``reasoning_content``, joined back as ``<think>...</think>`` before the content, as Rank-R1's
+    answer pattern reads it; better: serve Rank-R1 without a reasoning parser).
+
+    Args:
+        model: the model name the server knows (``transformers serve``: the path or hub name it was started with).
+        base_url: the server's ``/v1`` URL; default ``$OPENAI_BASE_URL``, else OpenAI's.
+        api_key: default ``$OPENAI_API_KEY``, else ``'EMPTY'`` (local servers ignore it).
+        tokenizer: the served model's tokenizer (object, or a name/folder loaded with ``AutoTokenizer``), for
+            passage truncation in tokens and prefix mode ``'completions'``; ``None``: passages are cut in words.
+        concurrency: the most requests in flight (also the ``batch_size`` the rerankers take by default; a
+            smaller ``batch_size`` given to :meth:`generate` lowers it for that call).
+        timeout: seconds per request attempt.
+        max_retries: retries after the first attempt.
+        stop: stop strings sent with every request (``None``: the server stops at the model's end of turn).
+        prefix_mode: one of :data:`PREFIX_MODES` (above).
+        extra_body: more JSON fields for every request (server-specific options, e.g. vLLM's ``top_k``).
+
+    Raises:
+        ImportError: when the ``openai`` package is missing (``pip install pyterrier-llmrank[openai]``).
+    """
+
+    def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 tokenizer: Any = None, concurrency: int = 8, timeout: float = 120.0, max_retries: int = 3,
+                 stop: Optional[Sequence[str]] = None, prefix_mode: str = 'auto',
+                 extra_body: Optional[Mapping[str, Any]] = None) -> None:
+        try:
+            import openai
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError('OpenAIBackend needs the openai client: pip install openai') from e
+        if not isinstance(model, str) or not model:
+            raise ValueError(f'OpenAIBackend: model must be the model name the server knows, got {model!r}')
+        if concurrency < 1:
+            raise ValueError(f'OpenAIBackend: concurrency must be >= 1, got {concurrency!r}')
+        if not timeout or timeout <= 0:
+            raise ValueError(f'OpenAIBackend: timeout must be > 0 seconds, got {timeout!r}')
+        if max_retries < 0:
+            raise ValueError(f'OpenAIBackend: max_retries must be >= 0, got {max_retries!r}')
+        if prefix_mode not in PREFIX_MODES:
+            raise ValueError(f'OpenAIBackend: prefix_mode must be one of {PREFIX_MODES}, got {prefix_mode!r}')
+        if isinstance(tokenizer, (str, os.PathLike)):
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(models.resolve_model_path(tokenizer))
+        if prefix_mode == 'completions' and tokenizer is None:
+            raise ValueError("OpenAIBackend: prefix_mode='completions' renders the chat template here and needs "
+                             'the served model\'s tokenizer (tokenizer=...)')
+        self._openai = openai
+        self.model = model
+        self.name = model
+        self.base_url = (base_url or os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1').rstrip('/')
+        self.api_key = api_key or os.environ.get('OPENAI_API_KEY') or 'EMPTY'
+        self.tokenizer = tokenizer
+        self.concurrency = self.batch_size = concurrency
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.stop = list(stop) if stop else None
+        self.prefix_mode = ('completions' if tokenizer is not None else 'instruct') if prefix_mode == 'auto' \
+            else prefix_mode
+        self.extra_body = dict(extra_body or {})
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._client: Any = None
+
+    # -- client ---------------------------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client (made on first use; not pickled)."""
+        if self._client is None:
+            self._client = self._openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout,
+                                               max_retries=self.max_retries)
+        return self._client
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_client=None, _lock=None, _openai=None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        import openai
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._openai = openai
+
+    def __repr__(self) -> str:
+        return f'OpenAIBackend({self.name!r}, base_url={self.base_url!r})'
+
+    # -- one request ----------------------------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counts[key] += 1
+
+    def _local_tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False)['input_ids'])
+        return len(text.split())
+
+    def _completion_text(self, prompt: ChatPrompt) -> str:
+        """The prompt rendered here for ``/completions`` (one BOS in all, see the class docstring)."""
+        text = prompt.render(self.tokenizer)
+        bos = getattr(self.tokenizer, 'bos_token', None)
+        if not prompt.add_special_tokens and bos and text.startswith(bos):
+            added = self.tokenizer('', add_special_tokens=True)['input_ids']
+            if getattr(self.tokenizer, 'bos_token_id', None) in added:
+                text = text[len(bos):]
+        return text
+
+    def _request(self, prompt: ChatPrompt, max_new_tokens: int, decoding: Dict[str, Any]) -> Generation:
+        openai = self._openai
+        kwargs: Dict[str, Any] = dict(model=self.model, max_tokens=max_new_tokens, **decoding)
+        if self.stop:
+            kwargs['stop'] = self.stop
+        extra = dict(self.extra_body)
+        mode = self.prefix_mode if prompt.prefix else 'chat'
+        if mode == 'completions':
+            endpoint, create = '/completions', self.client.completions.create
+            kwargs['prompt'] = self._completion_text(prompt)
+        else:
+            endpoint, create = '/chat/completions', self.client.chat.completions.create
+            messages = prompt.as_dicts()
+            if mode == 'continue':
+                messages.append({'role': 'assistant', 'content': prompt.prefix})
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+            elif mode == 'instruct':
+                last = max(i for i, m in enumerate(messages) if m['role'] == 'user')
+                messages[last] = {'role': 'user', 'content': messages[last]['content']
+                                  + PREFIX_INSTRUCTION.format(prefix=prompt.prefix.strip())}
+                kwargs['max_tokens'] = max_new_tokens + len(prompt.prefix)
+            kwargs['messages'] = messages
+        where = f'{self.base_url}{endpoint} (model {self.model!r})'
+        try:
+            resp = create(extra_body=extra or None, **kwargs)
+        except openai.APIStatusError as e:
+            code = e.status_code
+            retried = f' after {self.max_retries} retries' if code in (408, 409, 429) or code >= 500 else ''
+            raise OpenAIServerError(f'OpenAIBackend: {where} answered HTTP {code}{retried}: {e.message}') from e
+        except openai.APIConnectionError as e:  # also APITimeoutError
+            raise OpenAIServerError(
+                f'OpenAIBackend: no answer from {where} after {self.max_retries} retries with backoff, '
+                f'{self.timeout:g} s per attempt ({type(e).__name__}: {e}); is the server running at this URL?') from e
+        except (openai.APIResponseValidationError, ValueError):  # a 200 whose body is not JSON
+            resp = None
+        self._count(mode)
+        text, reasoning = self._read(resp, mode)
+        if text is None:
+            self._count('malformed')
+            text = ''
+        if reasoning:
+            self._count('reasoning_joined')
+            text = f'<think>{reasoning}</think>{text}'
+        if mode == 'instruct':
+            head, lead = prompt.prefix.strip(), text.lstrip()
+            if head and lead.startswith(head):
+                text = lead[len(head):]
+        usage = getattr(resp, 'usage', None)
+        n_in, n_out = getattr(usage, 'prompt_tokens', None), getattr(usage, 'completion_tokens', None)
+        if not isinstance(n_in, int) or not isinstance(n_out, int):
+            self._count('usage_missing')
+            n_in = self._local_tokens(prompt.render(self.tokenizer) if self.tokenizer is not None
+                                      else prompt.render())
+            n_out = self._local_tokens(text)
+        return Generation(text, prompt_tokens=n_in, generated_tokens=n_out, padded_tokens=n_in)
+
+    @staticmethod
+    def _read(resp: Any, mode: str) -> Tuple[Optional[str], Optional[str]]:
+        """(text, reasoning) of a response; text ``None`` when the response is not a completion."""
+        choices = getattr(resp, 'choices', None)
+        if not choices or not isinstance(choices, list):
+            return None, None
+        choice = choices[0]
+        if mode == 'completions':
+            text = getattr(choice, 'text', None)
+            return (text if isinstance(text, str) else None), None
+        message = getattr(choice, 'message', None)
+        text = getattr(message, 'content', None)
+        reasoning = getattr(message, 'reasoning_content', None) or getattr(message, 'reasoning', None)
+        return (text if isinstance(text, str) else None), (reasoning if isinstance(reasoning, str) else None)
+
+    # -- interface ------------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                 batch_size: Optional[int] = None) -> List[Generation]:  # noqa: D102
+        if not prompts:
+            return []
+        decoding: Dict[str, Any] = {'temperature': 0.0}
+        if temperature and temperature > 0:
+            decoding = {'temperature': float(temperature), 'top_p': float(top_p)}
+            if seed is not None:
+                decoding['seed'] = int(seed)
+        out: List[Optional[Generation]] = [None] * len(prompts)
+        workers = min(self.concurrency, batch_size or self.concurrency, len(prompts))
+        self.client  # noqa: B018 - made once here, before the threads share it
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix='openai-backend') as pool:
+            futures = {pool.submit(self._request, p, max_new_tokens, decoding): i for i, p in enumerate(prompts)}
+            try:
+                for fut in as_completed(futures):
+                    out[futures[fut]] = fut.result()
+                    if progress is not None:
+                        progress(1)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        gens: List[Generation] = out  # type: ignore[assignment]
+        share_cost(gens, time.perf_counter() - start)
+        for g in gens:
+            g.calls = 1.0
+        return gens
 
 
 Answer = Union[Callable[[ChatPrompt], str], Sequence[str], Mapping[str, str]]
