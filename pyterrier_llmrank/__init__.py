@@ -13,6 +13,7 @@ from pyterrier_llmrank.icr import ICR
 from pyterrier_llmrank.idcm import IDCM, IDCMModel
 from pyterrier_llmrank.cascade import TopPassages, aggregate_passages, passage_cascade, split_passages
 from pyterrier_llmrank.dense import DenseRetriever, minilm_scorer
+from pyterrier_llmrank.ocr import OCR
 from pyterrier_llmrank.fusion import Fusion, Hybrid
 from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite, SubQueryRetrieve
 
@@ -21,4 +22,5 @@ __all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'M
            'GenerationBackend', 'HFGenerationBackend', 'ScriptedBackend', 'VLLMBackend', 'RankGPT',
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
-           'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer']
+           'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer',
+           'OCR']
