@@ -27,7 +27,6 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyterrier as pt  # noqa: E402
 from ir_measures import nDCG  # noqa: E402
 from scipy import stats  # noqa: E402
 
@@ -127,10 +126,11 @@ def run_interleaved(args) -> None:
     print(f'section picking over {n} relevant documents: accuracy {k / n:.4f} (chance {chance:.3f}, binomial '
           f'p = {binom.pvalue:.3g}); from the original texts {ok_text.mean():.4f} '
           f'(OCR better on {b_}, worse on {c_}, McNemar exact p = {mcnemar:.3g})')
-    by_kind = pd.Series(ok, index=relevant.set_index('docno').loc[picked['docno']].reset_index()
-                        .merge(sqrels, on=['docno', 'section'])['kind'].to_numpy())
-    print('  accuracy by the kind of the relevant section:',
-          {kind: f'{v.mean():.3f} (n={len(v)})' for kind, v in by_kind.groupby(level=0)})
+    kind = relevant.merge(sqrels, on=['qid', 'docno', 'section']).set_index('docno').loc[picked['docno'], 'kind']
+    for label, hits in (('as shown (OCR)', ok), ('original texts', ok_text)):
+        by_kind = pd.Series(hits, index=kind.to_numpy())
+        print(f'  accuracy by the kind of the relevant section, {label}:',
+              {k: f'{v.mean():.3f} (n={len(v)})' for k, v in by_kind.groupby(level=0)})
 
 
 def main() -> None:

@@ -39,9 +39,10 @@ __all__ = ['OCR', 'TESSERACT_ENV', 'TESSERACT_INSTALL', 'tesseract_command', 'oc
 TESSERACT_ENV = 'TESSERACT_CMD'
 
 #: What to do when the binary is missing (quoted in the error).
-TESSERACT_INSTALL = ('install Tesseract: as root on Debian/Ubuntu `apt-get update && apt-get install -y tesseract-ocr '
-                     'tesseract-ocr-eng` (make install does this); without root or apt `conda install -c conda-forge '
-                     f'tesseract` or `brew install tesseract`, then put it on PATH or set ${TESSERACT_ENV} to the binary')
+TESSERACT_INSTALL = ('install Tesseract: as root on Debian/Ubuntu `apt-get update && apt-get install -y '
+                     'tesseract-ocr tesseract-ocr-eng` (make install does this); without root or apt `conda install -c '
+                     f'conda-forge tesseract` or `brew install tesseract`, then put it on PATH or set ${TESSERACT_ENV} '
+                     'to the binary')
 
 
 def tesseract_command(command: Optional[str] = None) -> str:

@@ -76,7 +76,8 @@ def test_text_encoder_and_retriever_equal_minilm_directly(minilm):
 
 def test_section_reranker_picks_the_matching_section(minilm):
     frame = pd.DataFrame({'qid': ['1', '1'], 'query': ['when was the eiffel tower built'] * 2, 'docno': ['a', 'b'],
-                          'score': [2.0, 1.0], 'rank': [0, 1], 'sections': [text_doc(SECTIONS_A), text_doc(SECTIONS_B)]})
+                          'score': [2.0, 1.0], 'rank': [0, 1],
+                          'sections': [text_doc(SECTIONS_A), text_doc(SECTIONS_B)]})
     out = SectionReranker(minilm)(frame)
     assert out['section'].tolist()[0] == 1
     assert out['docno'].tolist() == ['a', 'b'] and out['score'].tolist() == [2.0, 1.0]

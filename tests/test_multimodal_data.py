@@ -64,7 +64,8 @@ def test_page_images(collection, tmp_path):
     assert topics.equals(collection.get_topics()) and pages.get_qrels().equals(collection.get_qrels())
     res = pages.get_run('bm25')(topics)
     ref = collection.get_run('bm25')(topics)
-    assert 'text' not in res.columns and res[['qid', 'docno', 'score', 'rank']].equals(ref[['qid', 'docno', 'score', 'rank']])
+    cols = ['qid', 'docno', 'score', 'rank']
+    assert 'text' not in res.columns and res[cols].equals(ref[cols])
     assert res['image'].tolist() == [files[d] for d in ref['docno']]
     assert 'text' in pages.get_run('bm25', keep_text=True)(topics).columns
     assert len(pages.get_run('bm25').fuse_rank_cutoff(2)(topics)) == 3

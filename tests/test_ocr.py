@@ -41,7 +41,8 @@ def test_ocr_reads_a_rendered_page(page):
 def test_ocr_transformer_conventions(page):
     ocr = OCR()
     frame = pd.DataFrame({'qid': ['1', '1', '2'], 'query': ['q1', 'q1', 'q2'], 'docno': ['a', 'b', 'a'],
-                          'score': [3.0, 2.0, 1.0], 'rank': [0, 1, 0], 'image': [page, render_page('Hello world'), page],
+                          'score': [3.0, 2.0, 1.0], 'rank': [0, 1, 0],
+                          'image': [page, render_page('Hello world'), page],
                           'text': ['stale', 'stale', 'stale'], 'extra': [1, 2, 3]})
     out = ocr(frame)
     assert list(out.columns) == list(frame.columns)
