@@ -65,10 +65,12 @@ def run_pages(args) -> None:
     image_run = (pages.get_run('bm25', num_results=args.depth) >> ocr)(topics)   # only these are rendered
     seconds = ocr.stats.per_query()
     original = dict(zip(text_run['docno'], text_run['text']))
-    sims = image_run.drop_duplicates('docno').apply(lambda r: word_similarity(original[r['docno']], r['text']), axis=1)
+    read = image_run.drop_duplicates('docno').set_index('docno')['text']
+    sims = pd.Series({d: word_similarity(original[d], t) for d, t in read.items()})
     print(f'OCR: {int(seconds["pages"].sum())} pages, word-sequence similarity mean {sims.mean():.4f} '
           f'(median {sims.median():.4f}, min {sims.min():.4f}), '
-          f'{seconds["seconds"].sum() / seconds["pages"].sum():.2f} s/page')
+          f'{seconds["seconds"].sum() / seconds["pages"].sum():.2f} s/page; worst pages: '
+          f'{sims.nsmallest(3).round(3).to_dict()}')
     upr = llmrank.UPR(args.model, batch_size=args.batch_size)
     start = time.time()
     on_text = upr(text_run)
