@@ -14,6 +14,7 @@ from pyterrier_llmrank.icr import ICR
 from pyterrier_llmrank.idcm import IDCM, IDCMModel
 from pyterrier_llmrank.cascade import TopPassages, aggregate_passages, passage_cascade, split_passages
 from pyterrier_llmrank.dense import DenseRetriever, minilm_scorer
+from pyterrier_llmrank.ocr import OCR
 from pyterrier_llmrank.fusion import Fusion, Hybrid
 from pyterrier_llmrank.query import GenerateAnswer, QueryDecompose, QueryRewrite, SubQueryRetrieve
 from pyterrier_llmrank.caching import cached
@@ -24,7 +25,7 @@ __all__ = ['datasets', 'dense', 'fusion', 'models', 'EfficiencyStats', 'UPR', 'M
            'DeARListwise', 'Setwise', 'RankR1', 'ICR', 'IDCM', 'IDCMModel',
            'passage_cascade', 'split_passages', 'TopPassages', 'aggregate_passages', 'minilm_scorer',
            'DenseRetriever', 'Hybrid', 'Fusion', 'QueryRewrite', 'QueryDecompose', 'SubQueryRetrieve', 'GenerateAnswer',
-           'cached']
+           'cached', 'OCR']
 
 #: Multimodal rerankers, imported on first use (their vision-language imports are slow).
 _LAZY = {'MMR5': 'pyterrier_llmrank.mmr5', 'VLYesNo': 'pyterrier_llmrank.mmyesno'}

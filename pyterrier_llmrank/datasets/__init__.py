@@ -32,6 +32,8 @@ Modules (the split of ``pyterrier/datasets/`` in terrier-org/pyterrier):
 * :mod:`~pyterrier_llmrank.datasets.irds`: ``ir_datasets`` (:class:`IRDSCollection`);
 * :mod:`~pyterrier_llmrank.datasets.pisa`: building and caching the PISA BM25 index;
 * :mod:`~pyterrier_llmrank.datasets.transformers`: :class:`TextLoader` and :class:`StoredRun`;
+* :mod:`~pyterrier_llmrank.datasets.multimodal`: page images (:func:`page_images`) and interleaved documents
+  (:func:`interleaved_documents`) built from a text collection;
 * :mod:`~pyterrier_llmrank.datasets.errors`: :class:`DatasetFormatError`, :class:`UnknownDocnoError`.
 """
 from pyterrier_llmrank.datasets.core import Collection
@@ -40,6 +42,9 @@ from pyterrier_llmrank.datasets.folder import (DOCS_FILE, QRELS_FILE, RUN_SUFFIX
                                               FolderCollection)
 from pyterrier_llmrank.datasets.irds import IRDSCollection
 from pyterrier_llmrank.datasets.locate import DATA_ENV, SHARED_DATA, find_shared, load, shared_data_dirs
+from pyterrier_llmrank.datasets.multimodal import (ImageLoader, InterleavedDocuments, PageImages, PageRun,
+                                                  SectionsLoader, explode_sections, interleaved_documents,
+                                                  page_images, render_page, render_table)
 from pyterrier_llmrank.datasets.transformers import StoredRun, TextLoader
 
 __all__ = [
@@ -47,4 +52,6 @@ __all__ = [
     'Collection', 'FolderCollection', 'IRDSCollection', 'StoredRun', 'TextLoader',
     'DatasetFormatError', 'UnknownDocnoError',
     'DOCS_FILE', 'TOPICS_FILE', 'QRELS_FILE', 'RUNS_DIR', 'RUN_SUFFIX',
+    'page_images', 'PageImages', 'PageRun', 'ImageLoader', 'render_page', 'render_table',
+    'interleaved_documents', 'InterleavedDocuments', 'SectionsLoader', 'explode_sections',
 ]
