@@ -29,6 +29,7 @@ import torch
 
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import left_pad
+from pyterrier_llmrank.prefill import PromptKV, batch_cache
 
 __all__ = ['ChatPrompt', 'Generation', 'share_cost', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
            'OpenAIBackend', 'OpenAIServerError', 'PREFIX_MODES', 'PREFIX_INSTRUCTION', 'ScriptedBackend',
@@ -163,7 +164,22 @@ class HFGenerationBackend(GenerationBackend):
         model: hub name / local folder / short name (``smollm2-135m-instruct``) or a ``(model, tokenizer)`` pair.
         batch_size: the most prompts per ``generate`` call.
         device, dtype: see :mod:`pyterrier_llmrank.models`.
+
+    Prefill on the CPU (``prefill_alone``, on by default there): each prompt is prefilled alone, without padding, from
+    the longest token prefix it shares with a recent prompt (:class:`~pyterrier_llmrank.prefill.PromptKV`, at most
+    ``prompt_cache_bytes`` of key/value states kept), and only the decoding steps run batched: a left-padded batch
+    is slower to prefill on the CPU than its prompts one by one. Set ``prefill_alone = False`` to prefill whole
+    batches (the default on accelerators). Either way each prompt's answer is what it gets alone (up to
+    floating-point rounding).
     """
+
+    #: prefill prompts one by one with prefix reuse (``None``: on the CPU only)
+    prefill_alone: Optional[bool] = None
+    #: the most bytes of key/value states of recent prompts kept for prefix reuse
+    prompt_cache_bytes: int = 1 << 30
+    #: prompt tokens left to ``generate``'s first step after a prefill (a pass over several tokens, like a prefill
+    #: step, so that hooks and logits processors tell it from the decoding steps that follow)
+    GENERATE_TAIL = 2
 
     def __init__(self, model: Any = 'smollm2-135m-instruct', *, batch_size: int = 8, device: Any = 'auto',
                  dtype: Any = 'auto') -> None:
@@ -193,6 +209,26 @@ class HFGenerationBackend(GenerationBackend):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(models.restore_weights(dict(state)))
 
+    def prefilled(self, batch: Sequence[Sequence[int]], width: int) -> Any:
+        """The key/value cache of the left-padded ``batch`` (``width`` tokens wide) but its last
+        :attr:`GENERATE_TAIL` positions, each prompt prefilled alone from its longest stored prefix; ``None`` when the
+        model's cache cannot be laid out so (sliding-window or hybrid layers) or a prompt is too short."""
+        tail = self.GENERATE_TAIL
+        if any(len(s) <= tail for s in batch):
+            return None
+        kv = getattr(self, '_prompt_kv', None)
+        if kv is None:
+            kv = self._prompt_kv = PromptKV(self.model, budget_bytes=self.prompt_cache_bytes)
+        if kv is False:
+            return None
+        kv.budget_bytes = self.prompt_cache_bytes
+        try:
+            states = [kv.prefill(list(s)[:len(s) - tail]) for s in batch]
+        except ValueError:  # not a plain key/value cache: prefill whole batches
+            self._prompt_kv = False
+            return None
+        return batch_cache(states, width - tail)
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
                  top_p: float = 1.0, seed: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
@@ -210,6 +246,7 @@ class HFGenerationBackend(GenerationBackend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         stops = set(self.stop_ids)
         size = batch_size or self.batch_size
+        alone = self.prefill_alone if self.prefill_alone is not None else dev.type == 'cpu'
         for b in range(0, len(order), size):
             idx = order[b:b + size]
             batch = [seqs[i] for i in idx]
@@ -217,7 +254,9 @@ class HFGenerationBackend(GenerationBackend):
             if kwargs['do_sample'] and seed is not None:
                 torch.manual_seed(seed + b)
             start = time.perf_counter()
-            res = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            cache = self.prefilled(batch, ids.shape[1]) if alone else None
+            extra = {} if cache is None else {'cache': cache}
+            res = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             seconds = time.perf_counter() - start
             new = res[:, ids.shape[1]:].tolist()
             gens = []

@@ -456,6 +456,29 @@ def test_hf_backend_batching_and_stops(smollm2):
     assert 2 in be.stop_ids  # <|im_end|>
 
 
+def test_hf_backend_prefill_alone_reuses_shared_prefixes(smollm2):
+    """On the CPU each prompt is prefilled alone from the longest prefix it shares with a stored prompt: the answers
+    are those of whole-batch prefill, and the shared tokens are computed once."""
+    be = HFGenerationBackend(smollm2, batch_size=4, device='cpu')
+    head = 'Answer in one word. The following question is about geography and capitals of European countries. '
+    prompts = [ChatPrompt.of([{'role': 'user', 'content': head + q}]) for q in
+               ('What is the capital of France?', 'What is the capital of Italy?', 'Which river flows in Paris?')]
+    be.prefill_alone = False
+    padded = be.generate(prompts, 6)
+    be.prefill_alone = None  # the default: alone on the CPU
+    alone = be.generate(prompts, 6)
+    assert [g.text for g in alone] == [g.text for g in padded]
+    assert [g.prompt_tokens for g in alone] == [g.prompt_tokens for g in padded]
+    kv = be._prompt_kv
+    shared = len(be.encode(ChatPrompt.of([{'role': 'user', 'content': head}]))) - 6  # the template's end differs
+    assert kv.reused_tokens >= 2 * shared
+    total = sum(len(be.encode(p)) - be.GENERATE_TAIL for p in prompts)
+    assert kv.computed_tokens + kv.reused_tokens == total
+    again = be.generate(prompts[:1], 6)  # a prompt seen before: nothing recomputed
+    assert again[0].text == alone[0].text and kv.computed_tokens + kv.reused_tokens == total + len(
+        be.encode(prompts[0])) - be.GENERATE_TAIL
+
+
 # -- one real-model run each (SmolLM2-135M-Instruct, few documents, short generations) -------------------------
 
 def real_frame():
