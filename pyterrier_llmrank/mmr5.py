@@ -13,7 +13,7 @@ import pandas as pd
 
 from pyterrier_llmrank.backends import GenerationBackend
 from pyterrier_llmrank.base import AtLeast
-from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState
+from pyterrier_llmrank.generative import Algorithm, GenerativeReranker, QueryState, backend_budget
 from pyterrier_llmrank.images import IMAGE_FIELD, check_images
 from pyterrier_llmrank.listwise import sliding_windows
 from pyterrier_llmrank.vlm import VLChat, VLGenerationBackend
@@ -174,12 +174,25 @@ class MMR5(GenerativeReranker):
         check_images(inp, [self.image_field], type(self).__name__)
         return super()._rerank(inp)
 
+    def _check_length(self, st: QueryState, chat: Any, n_images: int) -> None:
+        """Images cannot be cut: a window whose prompt and answer exceed the model's context is a ``ValueError``."""
+        budget, room = backend_budget(self.backend, self.max_new_tokens)
+        if budget is None or not hasattr(self.backend, 'prompt_length'):
+            return
+        n = self.backend.prompt_length(chat)
+        if n > budget:
+            raise ValueError(f'MMR5: query {st.qid!r}: the prompt of {n_images} images and the query takes {n} tokens, '
+                             f'more than the {budget} available{room}; shorten the query, use a smaller window or '
+                             f'lower max_pixels')
+
     def _algorithm(self, st: QueryState) -> Algorithm:
         n = len(st.rows) if self.depth is None else min(self.depth, len(st.rows))
         order = list(range(len(st.rows)))
         for start, end in sliding_windows(n, self.window, self.step):
             cut = order[start:end]
-            gen = yield mmr5_chat(st.query, [st.texts[p] for p in cut])
+            chat = mmr5_chat(st.query, [st.texts[p] for p in cut])
+            self._check_length(st, chat, len(cut))
+            gen = yield chat
             perm, status = parse_mmr5_answer(gen.text, len(cut))
             order[start:end] = [cut[j] for j in perm]
             self._record(st, 'window', cut, gen, [st.docnos[cut[j]] for j in perm], status)

@@ -138,13 +138,44 @@ class VLYesNo(PointwiseReranker):
         check_images(inp, self._extra_columns(), type(self).__name__)
         return super()._rerank(inp)
 
+    @property
+    def max_length(self) -> Optional[int]:
+        """The model's context in tokens (its text model's ``max_position_embeddings``), ``None`` when unknown."""
+        for cfg in (getattr(self.model.config, 'text_config', None), self.model.config):
+            value = getattr(cfg, 'max_position_embeddings', None) if cfg is not None else None
+            if value:
+                return int(value)
+        return None
+
+    def _fitted_pair(self, qid: Any, query: Optional[str], text: Optional[str], query_image: Any, image: Any,
+                     row: int) -> EncodedChat:
+        """One pair's prompt within the model's context: the document text is cut (in tokens, decoded back) by
+        what the prompt exceeds, counted in ``truncated_prompts``; a prompt that does not fit even without the
+        document text is a ``ValueError`` naming the query (the query and images are never cut)."""
+        item = self.encode_pair(query, text, query_image, image, row=row)
+        limit = self.max_length
+        if limit is None or len(item.ids) <= limit:
+            return item
+        excess = len(item.ids) - limit
+        ids = self.lm.ids(text) if text else []
+        if excess <= len(ids):
+            item = self.encode_pair(query, self.tokenizer.decode(ids[:len(ids) - excess]), query_image, image, row=row)
+        if len(item.ids) > limit:
+            item = self.encode_pair(query, '' if text is not None else None, query_image, image, row=row)
+            if len(item.ids) > limit:
+                raise ValueError(f'VLYesNo: query {qid!r}: the prompt without document text is {len(item.ids)} '
+                                 f'tokens, more than the model\'s context of {limit}; shorten the query')
+        self.stats.add(qid, truncated_prompts=1)
+        return item
+
     def _encode(self, inp: pd.DataFrame) -> List[EncodedChat]:
         n = len(inp)
+        qids = inp['qid'].tolist()
         queries = inp['query'].tolist()
         texts = inp[self.doc_text_field].tolist() if self.doc_text_field else [None] * n
         images = inp[self.image_field].tolist() if self.image_field else [None] * n
         qimages = inp[self.query_image_field].tolist() if self.query_image_field else [None] * n
-        return [self.encode_pair(queries[i], texts[i], qimages[i], images[i], row=i) for i in range(n)]
+        return [self._fitted_pair(qids[i], queries[i], texts[i], qimages[i], images[i], i) for i in range(n)]
 
     @torch.inference_mode()
     def _score_batch(self, items: List[EncodedChat]) -> List[float]:

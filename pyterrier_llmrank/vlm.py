@@ -230,10 +230,16 @@ class VLGenerationBackend(GenerationBackend):
         if end_ids:
             stops.add(end_ids[0])
         self.stop_ids = sorted(int(s) for s in stops if s is not None and int(s) < len(self.tokenizer))
+        cfg = getattr(self.model.config, 'text_config', None) or self.model.config
+        self.context_length = getattr(cfg, 'max_position_embeddings', None)
 
     def encode(self, prompt: VLChat) -> EncodedChat:
         """The prompt's token ids (image pads expanded) and images."""
         return encode_chat(self.processor, prompt.render(self.processor), prompt.images)
+
+    def prompt_length(self, prompt: VLChat) -> int:
+        """Tokens of ``prompt`` as the model reads it (image pads included)."""
+        return len(self.encode(prompt).ids)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[VLChat], max_new_tokens: int, *, temperature: float = 0.0,

@@ -28,6 +28,7 @@ import pyterrier_alpha as pta
 import pytest
 import torch
 
+from pyterrier_llmrank import MMR5, OCR, VLYesNo
 from pyterrier_llmrank import (DeARListwise, DeARPointwise, DuoT5, Fusion, GenerateAnswer, Hybrid, ICR, IDCM, IDCMModel,
                                MonoT5, ProRank, QueryDecompose, QueryRewrite, RankGPT, RankR1, ScriptedBackend, Setwise,
                                SubQueryRetrieve, TopPassages, UPR, YesNo, aggregate_passages, datasets,
@@ -48,6 +49,35 @@ def result_frame(rows=RUN) -> pd.DataFrame:
     df = pd.DataFrame([{'qid': q, 'query': QUERIES[q], 'docno': d, 'text': DOCS[d]} for q, d in rows])
     df['score'] = -df.groupby('qid').cumcount().astype(float)
     return pt.model.add_ranks(df)
+
+
+def page(docno: str):
+    """A small deterministic page image standing for a document (its pixels seeded by the docno)."""
+    from PIL import Image
+    rng = np.random.RandomState(sum(map(ord, docno)))
+    return Image.fromarray((rng.rand(56, 56, 3) * 255).astype('uint8'))
+
+
+def image_frame() -> pd.DataFrame:
+    """:func:`result_frame` with each document's page image in ``image``."""
+    df = result_frame()
+    df['image'] = [page(d) for d in df['docno']]
+    return df
+
+
+def text_page(text: str):
+    """A page with ``text`` drawn in Pillow's built-in font (for OCR)."""
+    from PIL import Image, ImageDraw
+    img = Image.new('RGB', (16 + 8 * max(len(text), 1), 40), 'white')
+    ImageDraw.Draw(img).text((8, 12), text, fill='black')
+    return img.resize((img.width * 3, img.height * 3))
+
+
+def ocr_frame() -> pd.DataFrame:
+    """:func:`result_frame` with the text replaced by a rendered page of it."""
+    df = result_frame()
+    df['image'] = [text_page(t) for t in df['text']]
+    return df.drop(columns='text')
 
 
 def query_frame() -> pd.DataFrame:
@@ -77,6 +107,13 @@ def tiny_cls(tiny_llama):
     model = LlamaForSequenceClassification(cfg).eval()
     model.config._name_or_path = 'tiny-llama-cls'
     return model, tok
+
+
+@pytest.fixture(scope='session')
+def tiny_vlm(tiny_qwen_vl):
+    """The tiny Qwen2.5-VL, loaded once as a handle."""
+    from pyterrier_llmrank import models as llm_models
+    return llm_models.load_vlm(tiny_qwen_vl.path, device='cpu')
 
 
 @pytest.fixture(scope='session')
@@ -232,6 +269,13 @@ SPECS: List[Spec] = [
          requires=('qid', 'subqueries'), adds=('docno', 'score', 'rank'), batched=False, input=subquery_frame),
     Spec('GenerateAnswer', lambda m, bs: GenerateAnswer(scripted(lambda p: 'Answer: paris', m), k=2, **_bs(bs)),
          kind='answer', requires=('qid', 'query', 'text'), adds=('qanswer',)),
+    Spec('VLYesNo-text', lambda m, bs: VLYesNo(m.tiny_vlm, image_field=None, **_bs(bs))),
+    Spec('VLYesNo', lambda m, bs: VLYesNo(m.tiny_vlm, **_bs(bs)), requires=('qid', 'query', 'docno', 'image'),
+         input=image_frame),
+    Spec('MMR5', lambda m, bs: MMR5(m.tiny_vlm, window=2, step=1, max_new_tokens=8, **_bs(bs)),
+         requires=('qid', 'query', 'docno', 'image'), input=image_frame),
+    Spec('OCR', lambda m, bs: OCR(), kind='load', requires=('image',), adds=('text',), batched=False,
+         input=ocr_frame),
 ]
 SPEC = {s.name: s for s in SPECS}
 
