@@ -31,7 +31,7 @@ from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import left_pad
 from pyterrier_llmrank.prefill import PromptKV, batch_cache
 
-__all__ = ['ChatPrompt', 'Generation', 'share_cost', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
+__all__ = ['ChatPrompt', 'Generation', 'share_cost', 'stop_token_ids', 'decoding_kwargs', 'answer_tokens', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
            'OpenAIBackend', 'OpenAIServerError', 'PREFIX_MODES', 'PREFIX_INSTRUCTION', 'ScriptedBackend',
            'resolve_backend']
 
@@ -103,6 +103,42 @@ def share_cost(gens: List[Generation], seconds: float) -> None:
     for g in gens:
         g.seconds = seconds * (g.prompt_tokens + g.generated_tokens) / tot
         g.calls = 1.0 / len(gens)
+
+
+def stop_token_ids(lm: Any) -> List[int]:
+    """Where generation stops for a loaded model: its EOS token(s) (generation config and tokenizer) and the first
+    token of the chat template's end of turn."""
+    stops = set()
+    for src in (getattr(lm.model, 'generation_config', None), lm.tokenizer):
+        eos = getattr(src, 'eos_token_id', None)
+        if eos is not None:
+            stops.update([eos] if isinstance(eos, int) else list(eos))
+    end_ids = lm.ids(lm.chat_parts()[2]) if lm.has_chat_template else []
+    if end_ids:
+        stops.add(end_ids[0])
+    return sorted(int(s) for s in stops if s is not None and int(s) < len(lm.tokenizer))
+
+
+def decoding_kwargs(max_new_tokens: int, pad: int, stop_ids: Sequence[int], temperature: float,
+                    top_p: float) -> Dict[str, Any]:
+    """``generate`` arguments: greedy when ``temperature`` is 0, else sampling with ``top_p`` (``top_k`` off)."""
+    kwargs: Dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=list(stop_ids))
+    if temperature and temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def answer_tokens(tokens: Sequence[int], stops: Any) -> Tuple[List[int], int]:
+    """The generated ``tokens`` up to the first stop token: the text's ids (stop tokens removed) and how many tokens
+    were generated (the stop token included)."""
+    n = len(tokens)
+    for j, t in enumerate(tokens):
+        if t in stops:
+            n = j + 1
+            break
+    return [t for t in tokens[:n] if t not in stops], n
 
 
 class GenerationBackend:
@@ -191,17 +227,7 @@ class HFGenerationBackend(GenerationBackend):
         self.batch_size = batch_size
         self.context_length = self.lm.max_positions
         self.pad = self.lm.pad_id
-        stops = set()
-        for src in (getattr(self.model, 'generation_config', None), self.tokenizer):
-            eos = getattr(src, 'eos_token_id', None)
-            if eos is not None:
-                stops.update([eos] if isinstance(eos, int) else list(eos))
-        if self.lm.has_chat_template:
-            end = self.lm.chat_parts()[2]
-            end_ids = self.lm.ids(end)
-            if end_ids:
-                stops.add(end_ids[0])
-        self.stop_ids = sorted(int(s) for s in stops)
+        self.stop_ids = stop_token_ids(self.lm)
 
     def __getstate__(self) -> Dict[str, Any]:
         return models.state_without_weights(self.__dict__)
@@ -239,11 +265,7 @@ class HFGenerationBackend(GenerationBackend):
         seqs = [self.encode(p) for p in prompts]
         order = np.argsort([-len(s) for s in seqs], kind='stable')
         dev = next(self.model.parameters()).device
-        kwargs: Dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.pad, eos_token_id=self.stop_ids)
-        if temperature and temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = decoding_kwargs(max_new_tokens, self.pad, self.stop_ids, temperature, top_p)
         stops = set(self.stop_ids)
         size = batch_size or self.batch_size
         alone = self.prefill_alone if self.prefill_alone is not None else dev.type == 'cpu'
@@ -261,12 +283,7 @@ class HFGenerationBackend(GenerationBackend):
             new = res[:, ids.shape[1]:].tolist()
             gens = []
             for i, toks in zip(idx, new):
-                n = len(toks)
-                for j, t in enumerate(toks):
-                    if t in stops:
-                        n = j + 1
-                        break
-                text_ids = [t for t in toks[:n] if t not in stops]
+                text_ids, n = answer_tokens(toks, stops)
                 g = Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=len(seqs[i]),
                                generated_tokens=n, padded_tokens=ids.shape[1])
                 out[i] = g

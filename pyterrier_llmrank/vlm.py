@@ -26,7 +26,8 @@ import torch
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from pyterrier_llmrank.backends import Generation, GenerationBackend, share_cost
+from pyterrier_llmrank.backends import (Generation, GenerationBackend, answer_tokens, decoding_kwargs, share_cost,
+                                       stop_token_ids)
 from pyterrier_llmrank.causal import left_pad
 from pyterrier_llmrank.images import image_size, load_image
 
@@ -221,15 +222,7 @@ class VLGenerationBackend(GenerationBackend):
         self.name = self.lm.name
         self.batch_size = batch_size
         self.pad = self.lm.pad_id
-        stops = set()
-        for src in (getattr(self.model, 'generation_config', None), self.tokenizer):
-            eos = getattr(src, 'eos_token_id', None)
-            if eos is not None:
-                stops.update([eos] if isinstance(eos, int) else list(eos))
-        end_ids = self.lm.ids(self.lm.chat_parts()[2]) if self.lm.has_chat_template else []
-        if end_ids:
-            stops.add(end_ids[0])
-        self.stop_ids = sorted(int(s) for s in stops if s is not None and int(s) < len(self.tokenizer))
+        self.stop_ids = stop_token_ids(self.lm)
         cfg = getattr(self.model.config, 'text_config', None) or self.model.config
         self.context_length = getattr(cfg, 'max_position_embeddings', None)
 
@@ -251,11 +244,7 @@ class VLGenerationBackend(GenerationBackend):
         items = [self.encode(p) for p in prompts]
         order = np.argsort([-len(it) for it in items], kind='stable')
         dev = self.lm.device
-        kwargs: Dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.pad, eos_token_id=self.stop_ids)
-        if temperature and temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = decoding_kwargs(max_new_tokens, self.pad, self.stop_ids, temperature, top_p)
         stops = set(self.stop_ids)
         size = batch_size or self.batch_size
         for b in range(0, len(order), size):
@@ -269,12 +258,7 @@ class VLGenerationBackend(GenerationBackend):
             width = inputs['input_ids'].shape[1]
             gens = []
             for i, toks in zip(idx, res[:, width:].tolist()):
-                n = len(toks)
-                for j, t in enumerate(toks):
-                    if t in stops:
-                        n = j + 1
-                        break
-                text_ids = [t for t in toks[:n] if t not in stops]
+                text_ids, n = answer_tokens(toks, stops)
                 g = Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=len(items[i]),
                                generated_tokens=n, padded_tokens=width)
                 out[i] = g
