@@ -44,7 +44,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 import torch
 
-from pyterrier_llmrank.base import EfficiencyStats, OneOf, check_arguments
+from pyterrier_llmrank.base import EfficiencyStats, OneOf, check_arguments, require_values
 from pyterrier_llmrank.datasets.multimodal import explode_sections
 from pyterrier_llmrank.folders import build_folder
 
@@ -353,8 +353,9 @@ class InterleavedRetriever(pt.Transformer):
             return inp.assign(docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'),
                               rank=pd.Series(dtype='int64'))
         inp = inp.reset_index(drop=True)
+        require_values(inp, ['qid', 'query'], 'InterleavedRetriever')
         start = time.perf_counter()
-        scores = self.encoder.encode_queries(inp['query'].astype(str).tolist()) @ self.doc_vectors.T
+        scores = self.encoder.encode_queries(inp['query'].tolist()) @ self.doc_vectors.T
         k = min(self.num_results, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind='stable')[:, :k]
         seconds = time.perf_counter() - start
