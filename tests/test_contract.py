@@ -553,11 +553,7 @@ def run_bad_input(spec, t, case):
 # ------------------------------------------------------------------------------------- known failures
 
 #: (spec, case) -> what goes wrong today. Strict: a fixed case fails until its line is removed.
-XFAIL: Dict[Tuple[str, str], str] = {
-    # qid types
-    ('StoredRun', 'int_and_str_qids'): 'int qids of the topics come back as str (the run is merged on str qids)',
-    ('StoredRun', 'mixed_qid_types'): 'the int qid 1 comes back as the str qid "1"',
-}
+XFAIL: Dict[Tuple[str, str], str] = {}
 
 #: (spec, case) -> why it is not run (too slow to run on every test run), listed as an expected failure.
 NOT_RUN: Dict[Tuple[str, str], str] = {}

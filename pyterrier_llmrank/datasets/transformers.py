@@ -109,9 +109,11 @@ class StoredRun(pt.Transformer):
         run = self.run
         if self.num_results is not None:
             run = run[run['rank'] < self.num_results]
-        topics = inp.drop(columns=[c for c in ('score', 'rank', 'text') if c in inp.columns])
-        topics = topics.assign(qid=topics['qid'].astype(str)).reset_index(drop=True)
+        topics = inp.drop(columns=[c for c in ('score', 'rank', 'text') if c in inp.columns]).reset_index(drop=True)
+        given = topics['qid']  # matched by their text, given back in the input's own form (int qids stay ints)
+        topics = topics.assign(qid=given.astype(str), _given_qid=given)
         out = topics.merge(run, on='qid', how='inner', sort=False)
+        out = out.assign(qid=out.pop('_given_qid'))
         absent = sorted(set(topics['qid']) - set(run['qid']))
         if absent:
             warnings.warn(f'run {self.name!r} of {self.collection.name} has no results for '
