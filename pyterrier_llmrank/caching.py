@@ -423,7 +423,8 @@ class CachedQueries(pt.Transformer):
     def rerank(self, reranker: QueryReranker, queries: List[QueryCandidates],
                compute: Callable[[List[QueryCandidates]], List[Sequence[float]]]) -> List[Sequence[float]]:
         """Called by the reranker (:meth:`~pyterrier_llmrank.base.QueryReranker.rerank_queries`): the scores of
-        every query, those in the cache read, the others computed by ``compute`` and written as they finish."""
+        every query, those in the cache read, the others computed by ``compute`` (``batch_size`` queries at a time)
+        and written as they finish."""
         assert self._store is not None
         keys = [query_key(reranker, q) for q in queries]
         found = self._store.get(keys)
@@ -438,9 +439,13 @@ class CachedQueries(pt.Transformer):
             else:
                 todo.append(i)
                 self._pending[id(q)] = (key, reranker.stats.row(q.qid))
-        if todo:
-            computed = compute([queries[i] for i in todo])
-            for i, scores in zip(todo, computed):
+        # computed in chunks of batch_size queries: enough to fill the batches of lock-step rerankers (one prompt per
+        # query per round), and each chunk is written before the next one starts, so an interruption loses little
+        chunk = max(1, int(getattr(reranker, 'batch_size', 1) or 1))
+        for c in range(0, len(todo), chunk):
+            part = todo[c:c + chunk]
+            computed = compute([queries[i] for i in part])
+            for i, scores in zip(part, computed):
                 results[i] = scores
                 if id(queries[i]) in self._pending:  # the reranker did not report it: write it now
                     self.finished(reranker, queries[i], scores, ())
