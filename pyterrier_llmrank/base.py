@@ -355,7 +355,8 @@ class PointwiseReranker(Reranker):
 
     The base sorts all pairs of the frame by length (longest first, so memory peaks at once) and scores them
     in batches of ``batch_size``: padding is limited, and a pair's score does not depend on which pairs share
-    its batch (the subclasses pad so that it cannot).
+    its batch (the subclasses pad so that it cannot) beyond floating-point rounding (matrix kernels of other
+    shapes sum in another order; the tests allow 1e-5).
     """
 
     scores_documents_independently = True
