@@ -11,6 +11,7 @@ Usage::
     HF_HUB_OFFLINE=1 python examples/train/crossval_dl19.py                     # all folds, then the report
     python examples/train/crossval_dl19.py --fold 0 --stage train            # one fold's training (parallel runs)
     python examples/train/crossval_dl19.py --stage report                     # the tables, from the saved runs
+    python examples/train/crossval_dl19.py --stage curve --step 20          # nDCG@10 of checkpoint 20 per fold
 
 Folder ``--out`` (default ``build/train/crossval-dl19``): ``fold<k>/{train,test}_qids.txt``, ``fold<k>/model``
 (the trained folder), ``runs/`` (per-topic cached runs: ``BM25``-reranked by ``UPR zero-shot`` and by each
@@ -61,7 +62,8 @@ def main() -> None:
     ap.add_argument('--folds', type=int, default=3, help='number of folds')
     ap.add_argument('--seed', type=int, default=42, help='seed of the topic shuffle')
     ap.add_argument('--fold', type=int, nargs='*', default=None, help='only these folds (default all)')
-    ap.add_argument('--stage', choices=['train', 'eval', 'report', 'all'], default='all')
+    ap.add_argument('--stage', choices=['train', 'eval', 'report', 'all', 'curve'], default='all')
+    ap.add_argument('--step', type=int, nargs='*', default=[], help='stage curve: the checkpoints to evaluate')
     args = ap.parse_args()
     harness.setup(args)
     collection, topics, qrels = harness.load(DATA)
@@ -80,12 +82,60 @@ def main() -> None:
             cfg = apply_overrides(load_config(args.config), args.set)
             cfg.update(qids=os.path.join(fold_dir, 'train_qids.txt'), output_dir=model)
             run_recipe(args.recipe, cfg)
+        held = topics[topics['qid'].astype(str).isin(set(test))]
         if args.stage in ('eval', 'all'):
-            held = topics[topics['qid'].astype(str).isin(set(test))]
             evaluate_folder.evaluate(collection, held, qrels, [model], [f'fold{f}'], args.depth, runs_dir,
                                      args.batch_size, not args.quiet)
+        for step in args.step if args.stage == 'curve' else []:
+            folder = export_checkpoint(model, step, os.path.join(fold_dir, f'model-step{step}'))
+            evaluate_folder.evaluate(collection, held, qrels, [folder], [f'fold{f}-step{step}'], args.depth,
+                                     runs_dir, args.batch_size, not args.quiet)
     if args.stage in ('report', 'all'):
         report(args, collection, topics, qrels, parts, runs_dir)
+
+
+def export_checkpoint(model_dir: str, step: int, target: str) -> str:
+    """A reranker folder (like ``model_dir``) holding the LoRA weights of checkpoint ``step`` of the run in
+    ``model_dir`` (for the learning curve: nDCG after ``step`` steps)."""
+    import shutil
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from pyterrier_llmrank.models import resolve_model_path
+    from pyterrier_llmrank.train.common import load_checkpoint
+    from pyterrier_llmrank.train.recipe import RERANKER_FILE, set_adapter_base
+    if os.path.exists(os.path.join(target, RERANKER_FILE)):
+        return target
+    base_name = json.load(open(os.path.join(model_dir, 'adapter_config.json')))['base_model_name_or_path']
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name))
+    peft = PeftModel.from_pretrained(base, model_dir, is_trainable=True)
+    load_checkpoint(os.path.join(model_dir, 'checkpoints', f'step-{step}'), peft.get_base_model(), restore_rng=False)
+    peft.save_pretrained(target)
+    set_adapter_base(target, base_name)
+    for name in os.listdir(model_dir):
+        if name.startswith('tokenizer') or name in (RERANKER_FILE, 'chat_template.jinja', 'special_tokens_map.json'):
+            shutil.copy(os.path.join(model_dir, name), target)
+    return target
+
+
+def curve(args: argparse.Namespace, topics: pd.DataFrame, qrels: pd.DataFrame, parts: List[List[str]], runs_dir: str,
+          first: pd.DataFrame, upr: pd.DataFrame, trained: pd.DataFrame) -> None:
+    """The learning curve: pooled nDCG@10 of the checkpoints evaluated by ``--stage curve`` (all folds present)."""
+    import re
+    import pyterrier as pt
+    from ir_measures import nDCG
+    steps = sorted({int(m.group(1)) for n in os.listdir(runs_dir) for m in [re.match(r'fold0-step(\d+)\.res\.gz$', n)] if m})
+    rows = [('BM25 (step 0 of nothing)', first), ('UPR zero-shot (step 0)', upr)]
+    for step in steps:
+        paths = [os.path.join(runs_dir, f'fold{f}-step{step}.res.gz') for f in range(len(parts))]
+        if all(os.path.exists(p) for p in paths):
+            runs = [pt.io.read_results(p) for p in paths]
+            rows.append((f'step {step}', pd.concat([r[r['qid'].astype(str).isin(set(parts[f]))]
+                                                     for f, r in enumerate(runs)])))
+    rows.append(('final', trained))
+    print(f'\n## Learning curve: pooled nDCG@10 over the {len(topics)} held-out topics\n')
+    for label, run in rows:
+        value = pt.Evaluate(run, qrels[qrels['qid'].astype(str).isin(set(run['qid'].astype(str)))], [nDCG @ 10])
+        print(f'{label}: {list(value.values())[0]:.4f}')
 
 
 def report(args: argparse.Namespace, collection, topics: pd.DataFrame, qrels: pd.DataFrame, parts: List[List[str]],
@@ -115,6 +165,7 @@ def report(args: argparse.Namespace, collection, topics: pd.DataFrame, qrels: pd
     if len(fold_runs) == len(parts):
         scopes.append((f'pooled ({len(topics)} topics)', topics['qid'].astype(str).tolist()))
     trained = pd.concat(fold_runs)
+    curve(args, topics, qrels, parts, runs_dir, first, upr, trained)
     for label, qids in scopes:
         keep = set(qids)
         sub = topics[topics['qid'].astype(str).isin(keep)]
