@@ -17,7 +17,8 @@ Usage::
 ``--data`` is a collection folder in the ``../shared/data`` format (``docs.jsonl.gz``, ``topics.tsv``,
 ``qrels.txt``, optionally ``runs/bm25.run``), a collection name, or ``irds:<id>``: the script runs on
 collections the reranker has never seen. ``--qids`` keeps only the topics listed in a file (one qid a line,
-e.g. a held-out cross-validation fold). One ``pt.Experiment`` (nDCG@10, RR(rel=2)@10, AP(rel=2)@depth) with
+e.g. a held-out cross-validation fold). One ``pt.Experiment`` (nDCG@10, RR@10, AP@depth; relevant means label >= 2
+on graded qrels, as TREC DL, else >= 1) with
 paired t-tests against ``BM25`` and against ``UPR zero-shot``, Holm-corrected. Runs are cached per topic in
 ``--out`` (``<system>.res.gz``): a rerun computes only the topics that are missing.
 """
@@ -81,7 +82,8 @@ def experiment(runs: List[pd.DataFrame], names: List[str], topics: pd.DataFrame,
                baseline: int) -> pd.DataFrame:
     """One ``pt.Experiment`` of the runs with paired t-tests against ``names[baseline]`` (Holm correction)."""
     systems = [pt.Transformer.from_df(r, uniform=False) for r in runs]
-    return pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR(rel=2) @ 10, AP(rel=2) @ depth], names=names,
+    rel = 2 if qrels['label'].max() >= 2 else 1  # graded qrels (TREC DL): relevant means label >= 2
+    return pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR(rel=rel) @ 10, AP(rel=rel) @ depth], names=names,
                          baseline=baseline, correction='holm', round=4)
 
 
