@@ -12,14 +12,14 @@ scores exactly what the reranker reads), the loss is::
 
 InfoNCE (``-log softmax(s / tau)[0]``) makes the query likelier under its relevant passage than under the
 judged-lower or BM25 negatives; the optional second term is the plain query-generation loss of the positive
-(query-likelihood fine-tuning as in Nogueira et al.'s doc2query or Zhuang et al., "Deep Query Likelihood Models
+(the training objective of query-likelihood models such as Zhuang, Li and Zuccon, "Deep Query Likelihood Models
 for Information Retrieval", ECIR 2021), 0 by default. This combination is our choice: UPR itself is
 zero-shot and has no training code. The LM is adapted with LoRA (peft ``CAUSAL_LM``), and the output folder
 holds the adapter, which ``UPR(folder)`` loads on its base model and merges.
 
 Choose it when the zero-shot UPR of a model is already a useful reranker (it starts from there: a small learning
-rate cannot fall far below it), over the yes/no recipes (``sft``, ``contrastive``), whose untrained starting
-point is far below BM25 on a small LM.
+rate stays close to it), over the yes/no recipes (``sft``, ``contrastive``), whose untrained starting point is
+a prompt a small LM barely follows.
 """
 from __future__ import annotations
 
