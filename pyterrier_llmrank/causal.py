@@ -5,7 +5,8 @@
 * Only what is read is computed: causal LMs are asked for the logits of the last positions only
   (``logits_to_keep``), never the full vocabulary at every position; classifier heads are applied to the one
   pooled hidden state.
-* Everything runs under ``torch.inference_mode``.
+* Everything runs under ``torch.inference_mode`` (except :func:`target_logprob_tensor`, the differentiable
+  form the training recipes use).
 * **Shared prefixes are computed once.** A prompt prefix common to many sequences (the system turn and chat
   header, and for rerankers that put the query first the query too) is run through the model once; its
   key/value states (:class:`PrefixKV`) are then laid in front of every batch row that starts with it, and
@@ -25,7 +26,7 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['left_pad', 'target_logprobs', 'next_token_logits', 'last_hidden', 'pad_id', 'chat_parts', 'PrefixKV',
+__all__ = ['left_pad', 'target_logprobs', 'target_logprob_tensor', 'next_token_logits', 'last_hidden', 'pad_id', 'chat_parts', 'PrefixKV',
            'decoder_body', 'model_inputs', 'special_tokens_around',
            'shared_prefix_lengths']
 
@@ -223,6 +224,15 @@ def target_logprobs(model: Any, contexts: Sequence[Sequence[int]], targets: Sequ
             (at most ``len(context) - 1``).
         prefix_kv: the :class:`PrefixKV` of ``model`` holding (or computing) those prefixes.
     """
+    return target_logprob_tensor(model, contexts, targets, pad, reduce, prefix_lens=prefix_lens,
+                                 prefix_kv=prefix_kv).tolist()
+
+
+def target_logprob_tensor(model: Any, contexts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], pad: int,
+                          reduce: str = 'sum', *, prefix_lens: Optional[Sequence[int]] = None,
+                          prefix_kv: Optional[PrefixKV] = None) -> torch.Tensor:
+    """:func:`target_logprobs` as a float32 tensor ``[B]``, outside ``inference_mode`` (differentiable when the
+    model has trainable parameters: the training recipes score with it exactly as the rerankers do)."""
     if reduce not in ('sum', 'mean'):
         raise ValueError("reduce must be 'sum' or 'mean'")
     seqs = []
@@ -239,8 +249,8 @@ def target_logprobs(model: Any, contexts: Sequence[Sequence[int]], targets: Sequ
     for i, t in enumerate(targets):
         tt = torch.as_tensor(list(t), dtype=torch.long, device=logprobs.device)
         lp = logprobs[i, keep - len(t):].gather(-1, tt[:, None]).squeeze(-1)
-        out.append(float(lp.sum() if reduce == 'sum' else lp.mean()))
-    return out
+        out.append(lp.sum() if reduce == 'sum' else lp.mean())
+    return torch.stack(out)
 
 
 @torch.inference_mode()

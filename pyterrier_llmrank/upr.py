@@ -114,6 +114,12 @@ class UPR(PointwiseReranker):
         body = self.lm.ids(' ' + text)
         return sum(fit_pieces([head, body, tail], budget, cut=[1]), [])
 
+    def pair_ids(self, query: str, text: str, title: Optional[str] = None) -> Tuple[List[int], List[int]]:
+        """``(context, target)`` token ids of one pair, exactly as scored: the target's log-probability after
+        the context is the score (the training recipe ``upr`` trains on them)."""
+        frame = pd.DataFrame({'query': [query], self.text_field: [text], self.title_field: [title]})
+        return self._encode(frame)[0]
+
     def _encode(self, inp: pd.DataFrame) -> List[Any]:
         titles: Sequence[Any] = inp[self.title_field].tolist() if self.title_field in inp.columns else [None] * len(inp)
         cache_q: dict = {}

@@ -123,6 +123,44 @@ def test_yesno_losses():
     assert torch.allclose(infonce_loss(rel, 0.5), -torch.log_softmax(rel / 0.5, 1)[:, 0].mean())
 
 
+def test_judged_negatives_and_qids(data_dir):
+    from pyterrier_llmrank import datasets
+    dl19 = datasets.load(data_dir / 'msmarco-passage-trec-dl-2019')
+    qrels = dl19.get_qrels()
+    label = {(q, d): int(x) for q, d, x in zip(qrels['qid'].astype(str), qrels['docno'].astype(str), qrels['label'])}
+    qids = dl19.get_topics()['qid'].astype(str).tolist()[:2]
+    groups = training_groups(dl19, n_negatives=3, negatives='judged', qids=qids)
+    stats = dict(LAST_STATS)
+    assert {g['qid'] for g in groups} == set(qids) and stats['queries'] == 2
+    assert stats['judged_without_text'] > 0  # candidate-only collection: many judged passages have no text
+    texts = dict(zip([g['positive_docno'] for g in groups], [g['positive'] for g in groups]))
+    assert all(texts.values())
+    for g in groups:
+        pos = label[g['qid'], g['positive_docno']]
+        assert pos > 0 and len(g['negative_docnos']) == 3 and len(set(g['negative_docnos'])) == 3
+        # judged lower than the positive (label-1 positives: judged 0), never the positive itself
+        assert all(label[g['qid'], d] < pos for d in g['negative_docnos'])
+    assert training_groups(dl19, n_negatives=3, negatives='judged', qids=qids) == groups  # deterministic
+    with pytest.raises(ValueError, match='not topics'):
+        training_groups(dl19, n_negatives=1, qids=['no-such-topic'])
+
+
+def test_group_by_length_order():
+    from pyterrier_llmrank.train.loop import batch_indices, epoch_order
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 0]
+    plain = epoch_order(10, 42, 0)
+    grouped = epoch_order(10, 42, 0, lengths, 5)
+    assert sorted(grouped) == list(range(10))  # a permutation of all the groups
+    for start in (0, 5):  # the same groups per window as the plain order, longest first
+        assert set(grouped[start:start + 5]) == set(plain[start:start + 5])
+        assert [lengths[i] for i in grouped[start:start + 5]] == sorted((lengths[i] for i in plain[start:start + 5]),
+                                                                        reverse=True)
+    assert epoch_order(10, 42, 1, lengths, 5) != grouped  # a new order each pass
+    steps = [batch_indices(10, 42, s, 0, 2, 1, lengths, 10) for s in range(5)]
+    assert [i for b in steps for i in b] == epoch_order(10, 42, 0, lengths, 10)
+    assert batch_indices(10, 42, 1, 0, 2, 1) == plain[2:4]  # without lengths: the plain order
+
+
 # --------------------------------------------------------------------------------------- configs, CLI
 
 def test_example_configs_and_overrides(tmp_path):
@@ -135,8 +173,11 @@ def test_example_configs_and_overrides(tmp_path):
     assert cfg == {'lora': {'r': 8, 'alpha': 4}, 'steps': 10, 'output_dir': '/x', 'tau': 0.5}
     with pytest.raises(ValueError, match='unknown key'):
         resolve_config({'output_dir': '/x', 'stepz': 3}, 'sft', YESNO_DEFAULTS)
-    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'grpo-rank-r1', 'prorank', 'idcm', 'mm-r5', 'vl-sft',
-                            'vl-contrastive'}
+    assert set(RECIPES) == {'distill', 'sft', 'contrastive', 'upr', 'grpo-rank-r1', 'prorank', 'idcm', 'mm-r5',
+                            'vl-sft', 'vl-contrastive'}
+    from pyterrier_llmrank.train.qlm import QLM_DEFAULTS
+    cfg = resolve_config(load_config(EXAMPLES / 'dl19-reranker.yaml'), 'upr', QLM_DEFAULTS)
+    assert cfg['dataset'] == 'msmarco-passage-trec-dl-2019' and cfg['negatives'] == 'judged'
     with pytest.raises(ValueError, match='unknown recipe'):
         get_recipe('dpo')
 
@@ -194,6 +235,40 @@ def test_yesno_recipe(recipe, tiny_llama, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     base = YesNo(tiny_llama.pair, max_text_tokens=48, device='cpu')(PAIRS)
     assert not np.allclose(base.set_index('docno').loc[PAIRS['docno'], 'score'], got, atol=1e-3)
+
+
+def test_upr_recipe(tiny_llama, tmp_path):
+    from pyterrier_llmrank import UPR
+    from pyterrier_llmrank.causal import target_logprob_tensor, target_logprobs
+    from pyterrier_llmrank.train.qlm import QLM_DEFAULTS, QLMStudent
+    kw = dict(max_passage_tokens=48, group_by_length=True, batch_size=2, max_queries=2, n_negatives=2, steps=6,
+              save_steps=3)
+    cfg_in = _base(tiny_llama.path, tmp_path / 'upr', **kw)
+    del cfg_in['max_text_tokens']
+    out = get_recipe('upr')(cfg_in)
+    rows = read_log(Path(out) / 'log.csv')
+    assert len(rows) == 6 and {'infonce', 'lm', 'margin'} <= set(rows[0])
+    assert float(rows[-1]['margin']) > float(rows[0]['margin'])  # the positive's query likelihood pulls ahead
+    reranker = load_reranker(out, device='cpu')
+    assert type(reranker) is UPR and reranker.kind == 'causal' and reranker.max_passage_tokens == 48
+    res = reranker(PAIRS)
+    # the scores are those of the trained weights, computed as in training
+    cfg = resolve_config(cfg_in, 'upr', QLM_DEFAULTS)
+    student = QLMStudent(cfg['model'], cfg['lora'], max_passage_tokens=48)
+    load_checkpoint(latest_checkpoint(out), student.model)
+    student.model.eval()
+    with torch.no_grad():
+        s, _ = student.scores(list(zip(PAIRS['query'], PAIRS['text'])))
+    got = res.set_index('docno').loc[PAIRS['docno'], 'score'].to_numpy()
+    np.testing.assert_allclose(got, s.numpy(), rtol=1e-4, atol=1e-4)
+    base = UPR(tiny_llama.pair, kind='causal', max_passage_tokens=48, device='cpu')(PAIRS)
+    assert not np.allclose(base.set_index('docno').loc[PAIRS['docno'], 'score'], got, atol=1e-3)
+    # the differentiable form equals the inference form
+    items = [student.scorer.pair_ids(q, t) for q, t in zip(PAIRS['query'], PAIRS['text'])]
+    args = ([c for c, _ in items], [t for _, t in items], student.scorer.pad)
+    with torch.no_grad():
+        np.testing.assert_allclose(target_logprob_tensor(student.model, *args).numpy(),
+                                   target_logprobs(student.model, *args), rtol=1e-5, atol=1e-5)
 
 
 def test_resume_equals_uninterrupted(tiny_llama, tmp_path):

@@ -7,6 +7,7 @@ straight into the named reranker):
 ``distill``        DeAR stage 1 distillation (:mod:`.distill`)                 ``DeARPointwise``
 ``sft``            yes/no scorer, SFT on the "Yes"/"No" token (:mod:`.yesno`)  ``YesNo``
 ``contrastive``    yes/no scorer, InfoNCE over a group (:mod:`.yesno`)         ``YesNo``
+``upr``            UPR, InfoNCE on the query likelihood (:mod:`.qlm`)          ``UPR``
 ``grpo-rank-r1``   GRPO for Rank-R1 (:mod:`.grpo`)                             ``RankR1``
 ``prorank``        ProRank prompt warm-up + score learning (:mod:`.prorank`)   ``ProRank``
 ``idcm``           IDCM: ETM, then ESM distilled from it (:mod:`.idcm`)        ``IDCM``
@@ -29,6 +30,7 @@ RECIPES: Dict[str, str] = {
     'distill': 'pyterrier_llmrank.train.distill:main',
     'sft': 'pyterrier_llmrank.train.yesno:main_sft',
     'contrastive': 'pyterrier_llmrank.train.yesno:main_contrastive',
+    'upr': 'pyterrier_llmrank.train.qlm:main',
     'grpo-rank-r1': 'pyterrier_llmrank.train.grpo:main_rank_r1',
     'prorank': 'pyterrier_llmrank.train.prorank:main',
     'idcm': 'pyterrier_llmrank.train.idcm:main',

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import decoder_body, model_inputs
 from pyterrier_llmrank.train.common import DEFAULT_LORA_TARGETS
+from pyterrier_llmrank.train.data import group_lengths
 from pyterrier_llmrank.train.loop import train_loop, used_groups
 from pyterrier_llmrank.train.recipe import add_lora, finish, import_object, make_groups, prepare, resolve_config
 
@@ -222,7 +223,7 @@ def _teacher_scores(cfg: Dict[str, Any], groups: List[Dict[str, Any]]) -> Dict[T
     cached = out / 'teacher_scores.tsv'
     source = cfg['teacher_scores'] or (str(cached) if cached.exists() else None)
     # only the groups the run reads (all of them once the steps cover an epoch)
-    used = [groups[i] for i in used_groups(len(groups), cfg, int(cfg['seed']))]
+    used = [groups[i] for i in used_groups(len(groups), cfg, int(cfg['seed']), group_lengths(groups))]
     needed = groups_frame(used).drop_duplicates(['qid', 'docno']).reset_index(drop=True)
     if source is not None:
         scores = read_teacher_scores(source)
@@ -273,7 +274,8 @@ def main(config: Dict[str, Any]) -> str:
         return distill_loss(s, t, cfg['loss'], float(cfg['temperature']), float(cfg['alpha']))
 
     summary = train_loop(student.model, groups, loss_fn, output_dir=cfg['output_dir'], cfg=cfg, seed=int(cfg['seed']),
-                         log_columns=['main', 'kl'], desc='distill', verbose=bool(cfg['verbose']))
+                         log_columns=['main', 'kl'], desc='distill', verbose=bool(cfg['verbose']),
+                         lengths=group_lengths(groups))
     summary.update(groups=len(groups), teacher_seconds=round(t_teacher, 2),
                    total_seconds=round(time.time() - t_start, 2))
     if not summary['finished']:

@@ -20,7 +20,7 @@ from pyterrier_llmrank.train.loop import LOOP_DEFAULTS
 #: Settings every supervised recipe reads (besides its own and :data:`~.loop.LOOP_DEFAULTS`).
 COMMON_DEFAULTS: Dict[str, Any] = {
     'model': 'smollm2-135m-instruct', 'dataset': 'beir-scifact/train', 'output_dir': None, 'seed': 42,
-    'n_negatives': 7, 'negatives': 'bm25', 'depth': 100, 'max_queries': None, 'threads': None, 'verbose': True,
+    'n_negatives': 7, 'negatives': 'bm25', 'depth': 100, 'max_queries': None, 'qids': None, 'threads': None, 'verbose': True,
     'device': 'cpu', 'dtype': 'float32',
 }
 
@@ -67,8 +67,14 @@ def resolve_config(cfg: Dict[str, Any], recipe: str, defaults: Dict[str, Any]) -
 def make_groups(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The training groups of the configuration (see :func:`~pyterrier_llmrank.train.data.training_groups`)."""
     from pyterrier_llmrank.train.data import training_groups
+    qids = cfg.get('qids')
+    if isinstance(qids, str):  # a file of qids, one a line (e.g. the training folds of a cross-validation)
+        qids = [line.strip() for line in Path(qids).read_text(encoding='utf-8').splitlines() if line.strip()]
+    elif qids is not None:
+        qids = [str(q) for q in qids]
     return training_groups(cfg['dataset'], n_negatives=int(cfg['n_negatives']), negatives=cfg['negatives'],
-                           depth=int(cfg['depth']), seed=int(cfg['seed']), max_queries=cfg['max_queries'])
+                           depth=int(cfg['depth']), seed=int(cfg['seed']), max_queries=cfg['max_queries'],
+                           qids=qids)
 
 
 def add_lora(model: torch.nn.Module, lora: Dict[str, Any], task_type: str, base_name: str) -> Any:

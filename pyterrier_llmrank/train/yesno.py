@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import model_inputs
 from pyterrier_llmrank.pointwise import YESNO_NO, YESNO_PROMPT, YESNO_YES
+from pyterrier_llmrank.train.data import group_lengths
 from pyterrier_llmrank.train.loop import train_loop
 from pyterrier_llmrank.train.recipe import add_lora, finish, make_groups, prepare, resolve_config
 
@@ -119,7 +120,8 @@ def _run(config: Dict[str, Any], recipe: str) -> str:
         return loss, {'sft': float(sft.detach()), 'infonce': float(nce.detach()), 'margin': margin}
 
     summary = train_loop(student.model, groups, loss_fn, output_dir=cfg['output_dir'], cfg=cfg, seed=int(cfg['seed']),
-                         log_columns=['sft', 'infonce', 'margin'], desc=recipe, verbose=bool(cfg['verbose']))
+                         log_columns=['sft', 'infonce', 'margin'], desc=recipe, verbose=bool(cfg['verbose']),
+                         lengths=group_lengths(groups))
     summary.update(groups=len(groups), total_seconds=round(time.time() - t_start, 2))
     if not summary['finished']:
         return str(cfg['output_dir'])
