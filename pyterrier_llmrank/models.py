@@ -461,7 +461,9 @@ def load_causal_lm(model: ModelRef = 'smollm2-135m-instruct', device: Union[str,
         device: ``'auto'`` (cuda if available, else cpu), ``'cpu'``, ``'cuda:0'``, ...
         dtype: ``'auto'``, a ``torch.dtype`` or its name.
         tokenizer: optional tokenizer (object or name) overriding the model's own.
-        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``); and
+            ``shared=False`` for a private copy that no other load returns (what training needs: it changes the
+            weights).
 
     Returns:
         A :class:`LoadedModel` (unpacks as ``model, tokenizer``), the model in eval mode on ``device``; the same
@@ -482,24 +484,25 @@ def local_adapter(model: Any) -> Optional[Path]:
 
 
 def _load_maybe_adapter(model: ModelRef, auto_cls: Callable, device: Any, dtype: Any, tokenizer: Any = None,
-                        base_config: Optional[Callable[[Any], None]] = None, **model_kwargs: Any) -> LoadedModel:
+                        base_config: Optional[Callable[[Any], None]] = None, shared: bool = True,
+                        **model_kwargs: Any) -> LoadedModel:
     """Load ``model``; a local peft LoRA adapter folder is loaded on its base model and merged (``merge_and_unload``).
 
     The base is the adapter's ``base_model_name_or_path`` (a hub name, folder or short name of
     :data:`SHORT_NAMES`), loaded afresh (never a shared copy, which the merge would change); the tokenizer is the
     adapter folder's when it has one, else the base's. ``base_config`` may adjust the base model before the merge.
-    Merged adapters are shared like any other model.
+    Merged adapters are shared like any other model (unless ``shared=False``).
     """
     path = local_adapter(model)
     if path is None:
-        return _load(model, auto_cls, device, dtype, tokenizer, **model_kwargs)
+        return _load(model, auto_cls, device, dtype, tokenizer, shared=shared, **model_kwargs)
     from peft import PeftConfig, PeftModel
     dev = resolve_device(device)
     key = ('adapter', auto_cls.__name__, str(path.resolve()), str(dev), str(resolve_dtype(dtype, dev)),
            str(tokenizer) if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else id(tokenizer),
            _hashable(tuple(sorted(model_kwargs.items()))))
     with _LOCK:
-        handle = _LOADED.get(key)
+        handle = _LOADED.get(key) if shared else None
     if handle is not None:
         return handle
     cfg = PeftConfig.from_pretrained(str(path))
@@ -519,8 +522,9 @@ def _load_maybe_adapter(model: ModelRef, auto_cls: Callable, device: Any, dtype:
                          LoadSpec(_load_maybe_adapter, dict(model=model, auto_cls=auto_cls, device=device, dtype=dtype,
                                                             tokenizer=tokenizer_arg, base_config=base_config,
                                                             **model_kwargs)))
-    with _LOCK:
-        _LOADED[key] = handle
+    if shared:
+        with _LOCK:
+            _LOADED[key] = handle
     return handle
 
 

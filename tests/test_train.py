@@ -215,7 +215,13 @@ PAIRS = pd.DataFrame({
 
 @pytest.mark.parametrize('recipe', ['sft', 'contrastive'])
 def test_yesno_recipe(recipe, tiny_llama, tmp_path):
+    from pyterrier_llmrank import models
+    shared = models.load_causal_lm(tiny_llama.path, device='cpu', dtype='float32')  # a reranker's copy
+    before = {k: v.clone() for k, v in shared.model.state_dict().items()}
     out = get_recipe(recipe)(_base(tiny_llama.path, tmp_path / recipe))
+    # training worked on a private copy: the shared handle is untouched (same weights, no adapter layers)
+    after = shared.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     losses = _losses(out)
     # one group (the first topic has one relevant document): the same batch every step
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0]

@@ -164,7 +164,7 @@ class DeARStudent:
     def __init__(self, model: str, lora: Dict[str, Any], *, max_query_tokens: int = 32, max_passage_tokens: int = 196,
                  bos_token: Optional[str] = None, device: Any = 'cpu', dtype: Any = 'float32') -> None:
         from pyterrier_llmrank.pointwise import DeARPointwise
-        base, tok = models.load_sequence_classifier(model, device=device, dtype=dtype, num_labels=1)
+        base, tok = models.load_sequence_classifier(model, device=device, dtype=dtype, num_labels=1, shared=False)
         if base.config.pad_token_id is None:
             base.config.pad_token_id = 0  # DistillRerankerModel.build / load_dear
         self.peft = add_lora(base, lora, 'SEQ_CLS', model)

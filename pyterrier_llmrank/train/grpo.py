@@ -319,7 +319,7 @@ def _config(cfg: Dict[str, Any], defaults: Dict[str, Any], recipe: str) -> Dict[
 def load_model(name: Any, device: Any) -> Any:
     """The causal LM (float32) and its tokenizer, with a pad token, for training."""
     from pyterrier_llmrank.models import load_causal_lm
-    model, tok = load_causal_lm(name, device=device, dtype='float32')
+    model, tok = load_causal_lm(name, device=device, dtype='float32', shared=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

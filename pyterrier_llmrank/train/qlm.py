@@ -71,7 +71,7 @@ class QLMStudent:
     def __init__(self, model: str, lora: Dict[str, Any], *, max_passage_tokens: int = 512, max_query_tokens: int = 128,
                  reduce: str = 'sum', device: Any = 'cpu', dtype: Any = 'float32') -> None:
         from pyterrier_llmrank.upr import UPR
-        base, tok = models.load_causal_lm(model, device=device, dtype=dtype)
+        base, tok = models.load_causal_lm(model, device=device, dtype=dtype, shared=False)
         self.peft = add_lora(base, lora, 'CAUSAL_LM', model)
         self.model = self.peft.get_base_model()
         self.tokenizer = tok

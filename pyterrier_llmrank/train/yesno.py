@@ -68,7 +68,7 @@ class YesNoStudent:
                  yes: str = YESNO_YES, no: str = YESNO_NO, max_text_tokens: int = 512, device: Any = 'cpu',
                  dtype: Any = 'float32') -> None:
         from pyterrier_llmrank.pointwise import YesNo
-        base, tok = models.load_causal_lm(model, device=device, dtype=dtype)
+        base, tok = models.load_causal_lm(model, device=device, dtype=dtype, shared=False)
         self.peft = add_lora(base, lora, 'CAUSAL_LM', model)
         self.model = self.peft.get_base_model()
         self.tokenizer = tok
