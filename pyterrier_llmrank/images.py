@@ -12,7 +12,7 @@ frame of paths costs no memory up front.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Tuple
 
 import pandas as pd
 
@@ -32,6 +32,23 @@ def _describe(row: Any, column: str) -> str:
     return f'row {row} of column {column!r}' if row is not None else f'column {column!r}'
 
 
+def _read(value: Any, read: Callable[[Any], Any], row: Any, column: str) -> Any:
+    """``read(image)`` of a PIL image or of the image file at a path, with errors that name the row and the path."""
+    from PIL import Image, UnidentifiedImageError
+    if isinstance(value, Image.Image):
+        return read(value)
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{_describe(row, column)}: image file {path!r} does not exist')
+        try:
+            with Image.open(path) as img:
+                return read(img)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f'{_describe(row, column)}: {path!r} is not a readable image ({e})') from e
+    raise ValueError(f'{_describe(row, column)}: expected an image path or a PIL image, got {type(value).__name__}')
+
+
 def load_image(value: Any, *, row: Any = None, column: str = IMAGE_FIELD) -> Any:
     """The image ``value`` (a path or a PIL image) as an RGB ``PIL.Image.Image``.
 
@@ -39,36 +56,15 @@ def load_image(value: Any, *, row: Any = None, column: str = IMAGE_FIELD) -> Any
         FileNotFoundError: the path does not exist (the message names the row and the path).
         ValueError: the file is not a readable image, or the value is neither a path nor an image.
     """
-    from PIL import Image, UnidentifiedImageError
-    if isinstance(value, Image.Image):
-        return value if value.mode == 'RGB' else value.convert('RGB')
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'{_describe(row, column)}: image file {path!r} does not exist')
-        try:
-            with Image.open(path) as img:
-                return img.convert('RGB')
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f'{_describe(row, column)}: {path!r} is not a readable image ({e})') from e
-    raise ValueError(f'{_describe(row, column)}: expected an image path or a PIL image, got {type(value).__name__}')
+    from PIL import Image
+    if isinstance(value, Image.Image) and value.mode == 'RGB':
+        return value
+    return _read(value, lambda img: img.convert('RGB'), row, column)  # a loaded copy: the file is closed after
 
 
 def image_size(value: Any, *, row: Any = None, column: str = IMAGE_FIELD) -> Tuple[int, int]:
     """``(width, height)`` of the image ``value``, reading only the header of a file (errors as :func:`load_image`)."""
-    from PIL import Image, UnidentifiedImageError
-    if isinstance(value, Image.Image):
-        return value.size
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'{_describe(row, column)}: image file {path!r} does not exist')
-        try:
-            with Image.open(path) as img:
-                return img.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f'{_describe(row, column)}: {path!r} is not a readable image ({e})') from e
-    raise ValueError(f'{_describe(row, column)}: expected an image path or a PIL image, got {type(value).__name__}')
+    return _read(value, lambda img: img.size, row, column)
 
 
 def _missing(value: Any) -> bool:
