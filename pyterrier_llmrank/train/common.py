@@ -27,7 +27,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -148,6 +148,19 @@ def staged_config(config: Dict[str, Any], defaults: Dict[str, Any], recipe: str,
         else:
             cfg[k] = v
     return cfg
+
+
+def jsonl_records(path: PathLike) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; a line that is not JSON is a ``ValueError``
+    naming the file and the line."""
+    with open(path, encoding='utf-8') as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{path}:{n}: not a JSON object ({e})') from e
 
 
 # ---------------------------------------------------------------------------------------------- seeds

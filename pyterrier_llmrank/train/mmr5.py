@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from pyterrier_llmrank.mmr5 import MMR5_ANSWER_PATTERN, mmr5_chat, mmr5_messages
-from pyterrier_llmrank.train.common import check_keys, lora_config, set_seed, set_threads, write_json
+from pyterrier_llmrank.train.common import check_keys, jsonl_records, lora_config, set_seed, set_threads, write_json
 from pyterrier_llmrank.train.grpo import completion_text, run_grpo, save_outputs, write_reranker_spec
 
 __all__ = ['mmr5_rerank_reward', 'mmr5_format_reward', 'MMR5_FORMAT_PATTERN', 'MMR5_GRPO_REFERENCE',
@@ -165,19 +165,15 @@ def load_examples(path: Any) -> List[Dict[str, Any]]:
     "positives": [1-based ids], "reasoning": optional str}``; image paths are relative to the file's folder."""
     path = Path(path)
     out = []
-    with open(path, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            ex = json.loads(line)
-            for key in ('query', 'images', 'positives'):
-                if key not in ex:
-                    raise ValueError(f'{path}:{n}: example has no {key!r}')
-            ex['images'] = [str(path.parent / p) if not Path(p).is_absolute() else p for p in ex['images']]
-            bad = [p for p in ex['positives'] if not 1 <= int(p) <= len(ex['images'])]
-            if bad:
-                raise ValueError(f'{path}:{n}: positive ids {bad} are outside 1..{len(ex["images"])}')
-            out.append(ex)
+    for n, ex in jsonl_records(path):
+        for key in ('query', 'images', 'positives'):
+            if key not in ex:
+                raise ValueError(f'{path}:{n}: example has no {key!r}')
+        ex['images'] = [str(path.parent / p) if not Path(p).is_absolute() else p for p in ex['images']]
+        bad = [p for p in ex['positives'] if not 1 <= int(p) <= len(ex['images'])]
+        if bad:
+            raise ValueError(f'{path}:{n}: positive ids {bad} are outside 1..{len(ex["images"])}')
+        out.append(ex)
     if not out:
         raise ValueError(f'{path}: no training examples')
     return out

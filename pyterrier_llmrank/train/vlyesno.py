@@ -17,7 +17,6 @@ same number of negatives; image paths relative to the file's folder.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -25,7 +24,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from pyterrier_llmrank.mmyesno import LYCHEE_DEFAULT_INSTRUCTION
-from pyterrier_llmrank.train.common import check_keys, lora_config, set_seed, set_threads
+from pyterrier_llmrank.train.common import check_keys, jsonl_records, lora_config, set_seed, set_threads
 from pyterrier_llmrank.train.loop import LOOP_DEFAULTS, train_loop
 from pyterrier_llmrank.train.mmr5 import language_linear_modules
 from pyterrier_llmrank.train.recipe import finish
@@ -51,17 +50,13 @@ def load_groups(path: Any) -> List[Dict[str, Any]]:
     """The training groups of a JSONL file (see the module documentation)."""
     path = Path(path)
     groups = []
-    with open(path, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            g = json.loads(line)
-            if 'positive' not in g or not g.get('negatives'):
-                raise ValueError(f'{path}:{n}: a group needs a positive and negatives')
-            qi = g.get('query_image')
-            groups.append({'query': g.get('query'), 'query_image': str(path.parent / qi) if qi else None,
-                           'positive': _doc(g['positive'], path.parent),
-                           'negatives': [_doc(d, path.parent) for d in g['negatives']]})
+    for n, g in jsonl_records(path):
+        if 'positive' not in g or not g.get('negatives'):
+            raise ValueError(f'{path}:{n}: a group needs a positive and negatives')
+        qi = g.get('query_image')
+        groups.append({'query': g.get('query'), 'query_image': str(path.parent / qi) if qi else None,
+                       'positive': _doc(g['positive'], path.parent),
+                       'negatives': [_doc(d, path.parent) for d in g['negatives']]})
     if not groups:
         raise ValueError(f'{path}: no training groups')
     if len({len(g['negatives']) for g in groups}) != 1:
