@@ -1,0 +1,50 @@
+"""EfficiencyStats (the counters every reranker reports) and the GenerationBackend interface every backend keeps."""
+import pandas as pd
+import pytest
+
+from pyterrier_llmrank import EfficiencyStats, GenerationBackend, HFGenerationBackend, OpenAIBackend, ScriptedBackend
+from pyterrier_llmrank.backends import ChatPrompt, Generation, share_cost
+
+
+def test_batch_shared_among_queries_by_tokens():
+    """One call over 3 sequences of 2 queries: the call split by sequences, the seconds by tokens; totals exact."""
+    stats = EfficiencyStats()
+    stats.add_batch(['a', 'a', 'b'], [10, 30, 60], padded_len=60, seconds=2.0)
+    pq = stats.per_query().set_index('qid')
+    assert pq.loc['a', 'model_calls'] == pytest.approx(2 / 3) and pq.loc['b', 'model_calls'] == pytest.approx(1 / 3)
+    assert pq['model_calls'].sum() == pytest.approx(1.0) and pq['seconds'].sum() == pytest.approx(2.0)
+    assert pq.loc['a', 'seconds'] == pytest.approx(0.8) and pq.loc['b', 'input_tokens'] == 60
+    assert pq.loc['a', 'sequences'] == 2 and pq.loc['a', 'padded_tokens'] == 120
+
+
+def test_extra_counters_summary_repr_and_reset():
+    stats = EfficiencyStats()
+    assert 'no queries' in repr(stats) and list(stats.per_query().columns[:2]) == ['qid', 'model_calls']
+    stats.add('q1', model_calls=2, seconds=1.0, repaired=1)
+    stats.add('q2', model_calls=4, seconds=3.0)
+    summary = stats.summary()
+    assert summary['queries'] == 2 and summary['model_calls_per_query'] == 3 and summary['seconds_total'] == 4
+    assert summary['repaired_per_query'] == 0.5  # an unknown counter becomes a column, 0 where not added
+    assert '2 queries' in repr(stats) and 'model calls/query 3.0' in repr(stats)
+    stats.reset()
+    assert stats.summary() == {'queries': 0.0} and isinstance(stats.per_query(), pd.DataFrame)
+
+
+def test_every_backend_is_a_generation_backend():
+    """The rerankers rely only on this interface: generate, tokenizer, batch_size, context_length, prompt_length."""
+    for cls in (HFGenerationBackend, OpenAIBackend, ScriptedBackend):
+        assert issubclass(cls, GenerationBackend)
+    with pytest.raises(NotImplementedError):
+        GenerationBackend().generate([ChatPrompt.of([{'role': 'user', 'content': 'x'}])], 1)
+    scripted = ScriptedBackend(['first answer', 'second'])
+    assert scripted.prompt_length(ChatPrompt.of([{'role': 'user', 'content': 'x'}])) is None  # no tokenizer
+    gens = scripted.generate([ChatPrompt.of([{'role': 'user', 'content': 'one two'}]),
+                              ChatPrompt.of([{'role': 'user', 'content': 'three'}])], 5)
+    assert [g.text for g in gens] == ['first answer', 'second'] and sum(g.calls for g in gens) == pytest.approx(1)
+
+
+def test_share_cost_splits_seconds_by_tokens():
+    gens = [Generation('a', prompt_tokens=3, generated_tokens=1), Generation('b', prompt_tokens=11, generated_tokens=1)]
+    share_cost(gens, 8.0)
+    assert [g.seconds for g in gens] == [pytest.approx(2.0), pytest.approx(6.0)]
+    assert [g.calls for g in gens] == [0.5, 0.5]
