@@ -31,8 +31,8 @@ from pyterrier_llmrank import models
 from pyterrier_llmrank.causal import left_pad
 from pyterrier_llmrank.prefill import PromptKV, batch_cache
 
-__all__ = ['ChatPrompt', 'Generation', 'share_cost', 'stop_token_ids', 'decoding_kwargs', 'answer_tokens', 'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend',
-           'OpenAIBackend', 'OpenAIServerError', 'PREFIX_MODES', 'PREFIX_INSTRUCTION', 'ScriptedBackend',
+__all__ = ['ChatPrompt', 'Generation', 'share_cost', 'stop_token_ids', 'decoding_kwargs', 'answer_tokens', 'record_batch',
+           'GenerationBackend', 'HFGenerationBackend', 'VLLMBackend', 'OpenAIBackend', 'OpenAIServerError', 'PREFIX_MODES', 'PREFIX_INSTRUCTION', 'ScriptedBackend',
            'resolve_backend']
 
 @dataclass(frozen=True)
@@ -139,6 +139,23 @@ def answer_tokens(tokens: Sequence[int], stops: Any) -> Tuple[List[int], int]:
             n = j + 1
             break
     return [t for t in tokens[:n] if t not in stops], n
+
+
+def record_batch(out: List[Any], idx: Sequence[int], new_tokens: Sequence[Sequence[int]], tokenizer: Any,
+                 prompt_lengths: Sequence[int], width: int, stops: Any, seconds: float,
+                 progress: Optional[Callable[[int], None]]) -> None:
+    """Put the :class:`Generation` of each prompt of one ``generate`` call (prompts ``idx``, their new tokens) into
+    ``out``: the text up to the first stop token, its token counts, and the call's cost shared (:func:`share_cost`);
+    then report the prompts answered to ``progress``."""
+    gens = []
+    for i, toks in zip(idx, new_tokens):
+        text_ids, n = answer_tokens(toks, stops)
+        out[i] = Generation(tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=prompt_lengths[i],
+                            generated_tokens=n, padded_tokens=width)
+        gens.append(out[i])
+    share_cost(gens, seconds)
+    if progress is not None:
+        progress(len(idx))
 
 
 class GenerationBackend:
@@ -263,7 +280,8 @@ class HFGenerationBackend(GenerationBackend):
         if not prompts:
             return []
         seqs = [self.encode(p) for p in prompts]
-        order = np.argsort([-len(s) for s in seqs], kind='stable')
+        lengths = [len(s) for s in seqs]
+        order = np.argsort([-n for n in lengths], kind='stable')
         dev = next(self.model.parameters()).device
         kwargs = decoding_kwargs(max_new_tokens, self.pad, self.stop_ids, temperature, top_p)
         stops = set(self.stop_ids)
@@ -280,17 +298,8 @@ class HFGenerationBackend(GenerationBackend):
             extra = {} if cache is None else {'cache': cache}
             res = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             seconds = time.perf_counter() - start
-            new = res[:, ids.shape[1]:].tolist()
-            gens = []
-            for i, toks in zip(idx, new):
-                text_ids, n = answer_tokens(toks, stops)
-                g = Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=len(seqs[i]),
-                               generated_tokens=n, padded_tokens=ids.shape[1])
-                out[i] = g
-                gens.append(g)
-            share_cost(gens, seconds)
-            if progress is not None:
-                progress(len(idx))
+            record_batch(out, idx, res[:, ids.shape[1]:].tolist(), self.tokenizer, lengths, ids.shape[1], stops,
+                         seconds, progress)
         return out  # type: ignore[return-value]
 
 

@@ -26,7 +26,7 @@ import torch
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from pyterrier_llmrank.backends import (Generation, GenerationBackend, answer_tokens, decoding_kwargs, share_cost,
+from pyterrier_llmrank.backends import (Generation, GenerationBackend, decoding_kwargs, record_batch,
                                        stop_token_ids)
 from pyterrier_llmrank.causal import left_pad
 from pyterrier_llmrank.images import image_size, load_image
@@ -242,7 +242,8 @@ class VLGenerationBackend(GenerationBackend):
         if not prompts:
             return []
         items = [self.encode(p) for p in prompts]
-        order = np.argsort([-len(it) for it in items], kind='stable')
+        lengths = [len(it) for it in items]
+        order = np.argsort([-n for n in lengths], kind='stable')
         dev = self.lm.device
         kwargs = decoding_kwargs(max_new_tokens, self.pad, self.stop_ids, temperature, top_p)
         stops = set(self.stop_ids)
@@ -256,14 +257,5 @@ class VLGenerationBackend(GenerationBackend):
             res = self.model.generate(**inputs, **kwargs)
             seconds = time.perf_counter() - start
             width = inputs['input_ids'].shape[1]
-            gens = []
-            for i, toks in zip(idx, res[:, width:].tolist()):
-                text_ids, n = answer_tokens(toks, stops)
-                g = Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), prompt_tokens=len(items[i]),
-                               generated_tokens=n, padded_tokens=width)
-                out[i] = g
-                gens.append(g)
-            share_cost(gens, seconds)
-            if progress is not None:
-                progress(len(idx))
+            record_batch(out, idx, res[:, width:].tolist(), self.tokenizer, lengths, width, stops, seconds, progress)
         return out  # type: ignore[return-value]
