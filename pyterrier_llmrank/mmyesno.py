@@ -18,6 +18,10 @@ from pyterrier_llmrank.vlm import EncodedChat, VLChat, encode_chat, vl_model_inp
 __all__ = ['VLYesNo', 'LYCHEE_SYSTEM', 'LYCHEE_INSTRUCT', 'LYCHEE_QUERY', 'LYCHEE_DOCUMENT', 'LYCHEE_DEFAULT_INSTRUCTION',
            'LYCHEE_YES', 'LYCHEE_NO', 'lychee_messages']
 
+# Source: the template as stated for vec-ai/lychee-rerank-mm (arXiv 2510.14824 and its model card); its inference code
+# could not be read offline, so this is unverified against it. Qwen3-Reranker (QwenLM/Qwen3-Embedding) has the same
+# system text and user layout but ends the prompt with an empty "<think>\n\n</think>\n\n" after the assistant
+# header; the Qwen2.5-VL base of Lychee has no thinking block, so none is added here.
 #: The system turn of the Lychee/GMR template.
 LYCHEE_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
                  'Note that the answer can only be "yes" or "no".')
