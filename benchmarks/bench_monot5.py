@@ -1,15 +1,23 @@
-"""Throughput of pyterrier_llmrank's MonoT5 against pyterrier-t5's MonoT5ReRanker, same model, same inputs.
+"""Throughput of pyterrier_llmrank's MonoT5 against pyterrier-t5's MonoT5ReRanker and rerankers' T5Ranker, same
+model, same inputs, per frame and per query.
 
 The model is a t5-small-sized T5 (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with random weights built
 from a config, and a SentencePiece tokenizer trained on the spot (pyterrier_llmrank.testing): speed depends on
 the shapes, not on the weights, and nothing is downloaded. Inputs are real TREC DL 2019 passages (BM25
 top-k of the first queries). Both rerankers score the same frame at the same batch size; before timing,
 the script checks that our scores equal pyterrier-t5's at batch size 1 (its only batch-independent
-setting) on a subset, and fails if they do not.
+setting) on a subset, and fails if they do not; rerankers' probabilities are checked against ours the same way.
+
+Two ways of calling are timed, because users see both: **per frame** (every pair of every query in one call,
+as ``pt.Experiment`` does when it is given the whole topic set) and **per query** (one call per query, as in a
+``pt.Experiment`` with ``batch_size=1``, ``pt.apply.by_query`` or a served reranker). rerankers 0.10.0
+(AnswerDotAI/rerankers ``rerankers/models/t5ranker.py``) has no frame API: it scores a query's documents at a
+time (``T5Ranker._get_scores(query, docs)``), so its per-frame and per-query figures are the same loop. The
+script prints each ratio against issue 17's goal (at least 1.5x rerankers, per frame and per query).
 
 Usage::
 
-    python benchmarks/bench_monot5.py                   # 10 queries x 20 docs, batch 16, 1 thread
+    python benchmarks/bench_monot5.py                   # 10 queries x 20 docs, batch 16, 1 thread, t5-base shape
     python benchmarks/bench_monot5.py --queries 5 --docs 10 --threads 2 --device cuda
 """
 from __future__ import annotations
@@ -31,6 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+GOAL = 1.5  # issue 17: MonoT5 at least 1.5x rerankers' T5Ranker, per frame and per query
 DATA = Path(os.environ.get('PYTERRIER_LLMRANK_DATA', REPO.parent / 'shared' / 'data')) / 'msmarco-passage-trec-dl-2019'
 
 
@@ -73,12 +82,14 @@ def main() -> None:
     ap.add_argument('--repeats', type=int, default=1, help='timed runs of each reranker (best kept)')
     ap.add_argument('--check-docs', type=int, default=40, help='pairs compared with pyterrier-t5 at batch size 1')
     ap.add_argument('--device', default='cpu')
-    ap.add_argument('--d-model', type=int, default=512)
-    ap.add_argument('--layers', type=int, default=6)
-    ap.add_argument('--heads', type=int, default=8)
+    ap.add_argument('--d-model', type=int, default=768, help='768/12/12: t5-base, the shape of castorini/monot5-base')
+    ap.add_argument('--layers', type=int, default=12)
+    ap.add_argument('--heads', type=int, default=12)
+    ap.add_argument('--reps', type=int, default=2, help='interleaved repetitions of the per-query comparison')
     args = ap.parse_args()
 
     import pyterrier_t5
+    from rerankers.models.t5ranker import T5Ranker
     from transformers.utils import logging as hf_logging
     from pyterrier_llmrank.testing import build_tiny_t5, train_t5_tokenizer
     hf_logging.disable_progress_bar()
@@ -87,12 +98,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     inp = read_dl19(args.queries, args.docs)
     with tempfile.TemporaryDirectory(prefix='bench-monot5-') as tmp:
-        t5 = build_tiny_t5(Path(tmp) / 't5', train_t5_tokenizer(), d_model=args.d_model, num_layers=args.layers,
-                           num_heads=args.heads, d_ff=4 * args.d_model)
+        t5 = build_tiny_t5(Path(tmp) / 't5', train_t5_tokenizer(vocab_size=8000), d_model=args.d_model,
+                           num_layers=args.layers, num_heads=args.heads, d_ff=4 * args.d_model)
         n_params = sum(p.numel() for p in t5.model.parameters())
         ref = pyterrier_t5.MonoT5ReRanker(tok_model=t5.path, model=t5.path, batch_size=args.batch_size,
                                           device=args.device, verbose=False)
         ours = MonoT5(tok_model=t5.path, model=t5.path, batch_size=args.batch_size, device=args.device, dtype='float32')
+        peer = T5Ranker(t5.path, batch_size=args.batch_size, dtype=torch.float32, device=args.device, verbose=0)
 
     # 1. equal scores: ours (batch_size as timed) against pyterrier-t5 at batch size 1, on a subset
     sub = inp.head(args.check_docs)
@@ -130,6 +142,40 @@ def main() -> None:
         print(f'{name:<30}{secs:>10.2f}{n / secs:>10.1f}{padded:>26d}')
     print()
     print(f'speed-up (pyterrier_llmrank / pyterrier-t5): {t_ref / t_ours:.2f}x')
+    print()
+
+    # 3. against rerankers' T5Ranker: its P(true) equals exp of our log P(true); then per frame and per query,
+    # repetitions interleaved, the side that goes first alternating
+    groups = [grp for _, grp in inp.groupby('qid', sort=False)]
+    first = groups[0]
+    np.testing.assert_allclose(np.exp(ours(first)['score'].to_numpy()),
+                               peer._get_scores(first['query'].iloc[0], first['text'].tolist()), atol=1e-5, rtol=0)
+
+    def peer_run():
+        return [peer._get_scores(g['query'].iloc[0], g['text'].tolist()) for g in groups]
+
+    def ours_per_query():
+        return [ours(g) for g in groups]
+
+    sides = {'rerankers T5Ranker (per query)': peer_run, 'MonoT5 per query': ours_per_query,
+             'MonoT5 per frame': lambda: ours(inp)}
+    times = {name: [] for name in sides}
+    for rep in range(args.reps):
+        names = list(sides) if rep % 2 == 0 else list(sides)[::-1]
+        for name in names:
+            start = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - start)
+    print(f'against rerankers 0.10.0 T5Ranker, batch size {args.batch_size} on both sides, {args.reps} interleaved '
+          f'repetitions (median; load average {os.getloadavg()[0]:.1f}); probabilities equal to 1e-5:')
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    for name, t in times.items():
+        print(f'  {name:<34}{med[name]:>8.2f} s  {n / med[name]:>6.1f} pairs/s   (' +
+              ', '.join(f'{x:.2f}' for x in t) + ')')
+    for mode in ('per frame', 'per query'):
+        ratio = med['rerankers T5Ranker (per query)'] / med[f'MonoT5 {mode}']
+        print(f'goal (issue 17) MonoT5 >= {GOAL}x rerankers {mode}: {ratio:.2f}x '
+              f'({"met" if ratio >= GOAL else "not met"})')
     print(f'scores vs pyterrier-t5 at batch size 1 ({len(sub)} pairs): max |diff| {diff:.2e} (asserted <= 1e-5), '
           f'same ranking')
     print(f'scores vs pyterrier-t5 at batch size {args.batch_size} (its scores depend on batch mates): '

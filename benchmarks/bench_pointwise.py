@@ -2,9 +2,11 @@
 fp32 matmul measured in the same run, on the same threads.
 
 Scorers: ``YesNo``, ``ProRank`` (prompt only: SmolLM2 is not a ProRank checkpoint, speed does not depend on it),
-``UPR`` (causal, chat form) and ``DeARPointwise`` (SmolLM2's body under a freshly initialised 1-label head:
-a DeAR-shaped model of the same size), each with the shared-prefix cache (default) and, for comparison,
-ProRank without it. Inputs are the BM25 top-``--docs`` passages (real texts) of the first
+``UPR`` (causal, chat form), ``DeARPointwise`` (SmolLM2's body under a freshly initialised 1-label head:
+a DeAR-shaped model of the same size) and ``MonoT5`` (a random T5 of t5-base's shape, 12+12 layers, d_model 768,
+with a SentencePiece vocabulary trained on the spot: no T5 weights offline, and speed depends on the shapes
+only), each with the shared-prefix cache (default) and, for comparison, ProRank without it and YesNo with the
+old fixed batches (``max_padding=inf``: slices of ``batch_size`` rows). Inputs are the BM25 top-``--docs`` passages (real texts) of the first
 ``--queries`` TREC DL 2019 topics.
 
 What is counted (useful model FLOPs, the usual "MFU" convention; padding and masked attention entries are not
@@ -19,7 +21,12 @@ counted, embedding lookups are free):
 
 The reference rate is a dense fp32 ``torch.mm`` of two ``N x N`` matrices (``--matmul-n``, default 1536), and of
 the model's MLP shape (``2048 x 576`` by ``576 x 1536``), each timed (best of 5) before and after the scorers;
-the ratio is model FLOP/s over the mean of the square matmul rates. A busy machine lowers both.
+the ratio is model FLOP/s over the mean of the square matmul rates (goal of issue 17: at least 0.6). A busy
+machine lowers both.
+
+MonoT5's FLOPs: ``2 * P_enc * T`` for the encoder (``T`` real tokens) plus bidirectional attention
+(``4 * layers * heads * d_kv`` per (query, key) pair, ``T^2`` per sequence), one decoder step (``2 * P_dec``
+plus cross-attention over ``T`` keys) and the two output rows read.
 
 Usage::
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +53,9 @@ import torch  # noqa: E402
 import pyterrier_llmrank  # noqa: E402
 from pyterrier_llmrank.models import load_causal_lm, load_sequence_classifier, resolve_model_path  # noqa: E402
 from pyterrier_llmrank.pointwise import DeARPointwise, ProRank, YesNo  # noqa: E402
+
+
+GOAL = 0.6  # issue 17: pointwise scorers at 0.6 of a dense matmul's FLOP/s
 
 
 def matmul_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
@@ -68,6 +79,18 @@ def non_embedding_params(model) -> int:
 def attention_pairs(lengths_and_prefixes) -> int:
     """Sum over sequences of visible (query, key) pairs of the tokens run: sum_{t=p}^{L-1} (t + 1)."""
     return sum((L * (L + 1) - p * (p + 1)) // 2 for L, p in lengths_and_prefixes)
+
+
+def t5_flops(model, seqs) -> tuple:
+    """(useful FLOPs, real encoder tokens) of MonoT5 over ``seqs`` (see the module docstring)."""
+    cfg = model.config
+    enc = non_embedding_params(model.get_encoder())
+    dec = non_embedding_params(model.get_decoder())
+    per_pair = 4 * cfg.num_heads * cfg.d_kv
+    tokens = sum(len(s) for s in seqs)
+    flops = sum(2 * enc * len(s) + per_pair * cfg.num_layers * len(s) ** 2 + 2 * dec
+                + per_pair * cfg.num_decoder_layers * len(s) + 2 * 2 * cfg.d_model for s in seqs)
+    return flops, tokens
 
 
 def workload(rr, inp: pd.DataFrame):
@@ -103,7 +126,8 @@ def main() -> None:
     topics = dl19.get_topics().head(args.queries)
     inp = (dl19.get_run('bm25') % args.docs)(topics)
     print(f'{len(inp)} pairs ({args.queries} DL19 queries x {args.docs} BM25 passages), batch {args.batch_size}, '
-          f'{threads} torch threads, fp32 CPU')
+          f'{threads} torch threads, fp32 CPU, padding budget {pyterrier_llmrank.base.MAX_PADDING}; '
+          f'load average {os.getloadavg()[0]:.1f}')
 
     llm = load_causal_lm('smollm2-135m-instruct', device='cpu', dtype='float32')
     cls = load_sequence_classifier(resolve_model_path('smollm2-135m-instruct'), device='cpu', dtype='float32',
@@ -118,14 +142,24 @@ def main() -> None:
     square = [matmul_rate(args.matmul_n, args.matmul_n, args.matmul_n)]
     mlp = [matmul_rate(2048, cfg.hidden_size, cfg.intermediate_size)]
 
+    from pyterrier_llmrank.monot5 import MonoT5
+    from pyterrier_llmrank.testing import build_tiny_t5, train_t5_tokenizer
+    t5_dir = tempfile.TemporaryDirectory(prefix='bench-pointwise-t5-')
+    t5 = build_tiny_t5(Path(t5_dir.name) / 't5', train_t5_tokenizer(vocab_size=8000), d_model=768, num_layers=12,
+                       num_heads=12, d_ff=3072)
+
     bs = args.batch_size
+    fixed = YesNo(llm, batch_size=bs)
+    fixed.max_padding = float('inf')
     scorers = [
         ('YesNo', YesNo(llm, batch_size=bs), 2 * cfg.vocab_size * cfg.hidden_size),
+        ('YesNo (fixed batches)', fixed, 2 * cfg.vocab_size * cfg.hidden_size),
         ('ProRank', ProRank(llm, batch_size=bs), 2 * cfg.vocab_size * cfg.hidden_size),
         ('ProRank (no prefix reuse)', ProRank(llm, batch_size=bs, prefix_reuse=False),
          2 * cfg.vocab_size * cfg.hidden_size),
         ('UPR-causal', pyterrier_llmrank.UPR(llm, batch_size=bs), 2 * cfg.vocab_size * cfg.hidden_size),
         ('DeAR-P (SmolLM2 body)', DeARPointwise(cls, batch_size=bs), 2 * cfg.hidden_size),
+        ('MonoT5 (t5-base shape)', MonoT5(model=t5.pair, batch_size=bs), None),
     ]
     warm = inp.head(4)
     rows = []
@@ -135,12 +169,18 @@ def main() -> None:
         start = time.perf_counter()
         rr(inp)
         secs = time.perf_counter() - start
-        fed, pairs, kept, prefix_tokens = workload(rr, inp)
-        run_tokens = fed
-        flops = 2 * P * run_tokens + head_flops * kept + attn_per_pair * pairs
-        prompt_tokens = sum(len(s) for s, _, _ in rr._encode(inp)) if not isinstance(rr, pyterrier_llmrank.UPR) \
-            else sum(len(c) + len(t) for c, t in rr._encode(inp))
-        rows.append({'scorer': name, 'pairs/s': len(inp) / secs, 'prompt tokens/s': prompt_tokens / secs,
+        if isinstance(rr, MonoT5):
+            flops, prompt_tokens = t5_flops(rr.model, rr._encode(inp))
+            run_tokens = prompt_tokens
+        else:
+            fed, pairs, kept, prefix_tokens = workload(rr, inp)
+            run_tokens = fed
+            flops = 2 * P * run_tokens + head_flops * kept + attn_per_pair * pairs
+            prompt_tokens = sum(len(s) for s, _, _ in rr._encode(inp)) if not isinstance(rr, pyterrier_llmrank.UPR) \
+                else sum(len(c) + len(t) for c, t in rr._encode(inp))
+        st = rr.stats.per_query().sum()
+        rows.append({'scorer': name, 'pairs/s': len(inp) / secs, 'batches': int(round(st['model_calls'])),
+                     'padding': st['padded_tokens'] / st['input_tokens'] - 1, 'prompt tokens/s': prompt_tokens / secs,
                      'tokens run/s': run_tokens / secs, 'prompt tokens': prompt_tokens, 'tokens run': run_tokens,
                      'GFLOP': flops / 1e9, 'GFLOP/s': flops / secs / 1e9, 'seconds': secs})
         print(f'  {name}: {secs:.1f} s', flush=True)
@@ -153,6 +193,9 @@ def main() -> None:
     pd.set_option('display.width', 200)
     pd.set_option('display.max_columns', 20)
     print(df.to_string(index=False, float_format=lambda x: f'{x:.3f}' if abs(x) < 10 else f'{x:.0f}'))
+    for _, row in df.iterrows():
+        verdict = 'met' if row['ratio to matmul'] >= GOAL else 'not met'
+        print(f'goal (issue 17) model FLOP/s >= {GOAL} x matmul: {row["scorer"]}: {row["ratio to matmul"]:.2f} ({verdict})')
     print(f'dense fp32 matmul {args.matmul_n}^3: {square[0] / 1e9:.1f} GFLOP/s before, {square[1] / 1e9:.1f} after '
           f'(mean {ref / 1e9:.1f}); MLP-shaped 2048x{cfg.hidden_size}x{cfg.intermediate_size}: '
           f'{mlp[0] / 1e9:.1f} / {mlp[1] / 1e9:.1f} GFLOP/s; {threads} threads')

@@ -34,7 +34,7 @@ from pyterrier_llmrank.fingerprint import fingerprint
 
 __all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
            'validate_rerank_input', 'empty_result', 'require_values', 'text_values', 'missing_rows',
-           'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast']
+           'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast', 'length_batches', 'MAX_PADDING']
 
 
 class EfficiencyStats:
@@ -345,6 +345,42 @@ class Reranker(pt.Transformer):
         return fingerprint(self)
 
 
+#: Default padding budget of :func:`length_batches`: a batch takes no row that would make its padding tokens
+#: exceed this fraction of its real tokens (measured in ``benchmarks/bench_pointwise.py``; see docs/efficiency.md).
+MAX_PADDING = 0.1
+
+
+def length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+                   max_padding: float = MAX_PADDING) -> List[np.ndarray]:
+    """Cut ``order`` (positions sorted by descending ``lengths``) into consecutive batches.
+
+    A batch holds at most ``batch_size`` rows, and takes the next (shorter) row only while the padding of the
+    batch (every row padded to its first, longest row) stays within ``max_padding`` times its real tokens. A
+    batch always holds at least one row. ``max_padding=float('inf')`` gives plain slices of ``batch_size``.
+
+    Why: padding is work thrown away, and on a CPU a batch of many rows runs no faster per token than one row,
+    so rows of very different lengths are better run apart; on an accelerator a full batch matters more, and
+    a frame of many queries has enough rows of nearly the same length to fill batches within the budget.
+    """
+    order = np.asarray(order)
+    lengths = np.asarray(lengths)
+    batches: List[np.ndarray] = []
+    start, n = 0, len(order)
+    while start < n:
+        width = int(lengths[order[start]])
+        real = width
+        end = start + 1
+        while end < n and end - start < batch_size:
+            grown = real + int(lengths[order[end]])
+            if width * (end - start + 1) - grown > max_padding * grown:
+                break
+            real = grown
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
 class PointwiseReranker(Reranker):
     """Base of rerankers that score each (query, document) pair on its own.
 
@@ -354,12 +390,15 @@ class PointwiseReranker(Reranker):
     * :meth:`_score_batch` -- a list of scores for a list of encoded items.
 
     The base sorts all pairs of the frame by length (longest first, so memory peaks at once) and scores them
-    in batches of ``batch_size``: padding is limited, and a pair's score does not depend on which pairs share
-    its batch (the subclasses pad so that it cannot) beyond floating-point rounding (matrix kernels of other
-    shapes sum in another order; the tests allow 1e-5).
+    in batches of at most ``batch_size`` whose padding stays within ``max_padding`` of their real tokens
+    (:func:`length_batches`). A pair's score does not depend on which pairs share its batch (the subclasses
+    pad so that it cannot) beyond floating-point rounding (matrix kernels of other shapes sum in another
+    order; the tests allow 1e-5).
     """
 
     scores_documents_independently = True
+    #: padding budget of a batch (:func:`length_batches`); set on an instance to change it
+    max_padding: float = MAX_PADDING
 
     def _encode(self, inp: pd.DataFrame) -> List[Any]:
         raise NotImplementedError
@@ -376,7 +415,7 @@ class PointwiseReranker(Reranker):
         order = np.argsort(-lengths, kind='stable')
         scores = np.zeros(len(items), dtype='float64')
         qids = inp['qid'].to_numpy()
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = length_batches(order, lengths, self.batch_size, self.max_padding)
         it: Iterable = batches
         if self.verbose:
             it = pt.tqdm(batches, desc=self.label, unit='batch')

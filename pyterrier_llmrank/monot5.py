@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from pyterrier_llmrank import models
-from pyterrier_llmrank.base import OneOf, PointwiseReranker, QueryCandidates, QueryReranker
+from pyterrier_llmrank.base import MAX_PADDING, OneOf, PointwiseReranker, QueryCandidates, QueryReranker, length_batches
 
 __all__ = ['MonoT5', 'DuoT5', 't5_tokenizer_source', 'load_t5_tokenizer', 'DEFAULT_T5_TOKENIZER', 'T5_TOKENIZER_FILES',
            'MONOT5_TEMPLATE', 'MONOT5_SUFFIX', 'DUOT5_QUERY_TEMPLATE', 'DUOT5_DOC0_TEMPLATE',
@@ -220,7 +220,8 @@ class DuoT5(_T5Mixin, QueryReranker):
     figures match pyterrier-t5 and its regression tests). A query with ``n`` documents costs ``n (n - 1)``
     sequences: rerank a short list (``% 10`` to ``% 50``), e.g. after MonoT5.
 
-    Pairs of a few queries at a time are sorted by length and scored in batches of ``batch_size``. Each input row
+    Pairs of a few queries at a time are sorted by length and scored in batches of at most ``batch_size`` whose
+    padding stays within ``max_padding`` of their tokens (:func:`~pyterrier_llmrank.base.length_batches`). Each input row
     is scored on its own: two rows with the same docno (a duplicate in the input) get their own scores, where
     pyterrier-t5 would add the copies' scores together.
 
@@ -243,6 +244,8 @@ class DuoT5(_T5Mixin, QueryReranker):
 
     label = 'DuoT5'
     ARGUMENTS = {'agg': OneOf('sum')}
+    #: padding budget of a batch (:func:`~pyterrier_llmrank.base.length_batches`); set on an instance to change it
+    max_padding: float = MAX_PADDING
 
     def __init__(self, tok_model: Any = None, model: Any = 'castorini/duot5-base-msmarco', batch_size: int = 16,
                  text_field: str = 'text', device: Any = 'auto', verbose: bool = False, agg: str = 'sum',
@@ -327,8 +330,7 @@ class DuoT5(_T5Mixin, QueryReranker):
         lengths = np.array([len(s) for s in seqs])
         order = np.argsort(-lengths, kind='stable')
         pair_scores = np.zeros(len(seqs), dtype='float64')
-        for i in range(0, len(order), self.batch_size):
-            batch = order[i:i + self.batch_size]
+        for batch in length_batches(order, lengths, self.batch_size, self.max_padding):
             start = time.perf_counter()
             pair_scores[batch] = t5_true_logprobs(self.model, [seqs[j] for j in batch], self.REL, self.NREL, self.pad)
             self.stats.add_batch([chunk[pairs[j][0]].qid for j in batch], lengths[batch], int(lengths[batch].max()),

@@ -1,4 +1,5 @@
 """EfficiencyStats (the counters every reranker reports) and the GenerationBackend interface every backend keeps."""
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,3 +49,19 @@ def test_share_cost_splits_seconds_by_tokens():
     share_cost(gens, 8.0)
     assert [g.seconds for g in gens] == [pytest.approx(2.0), pytest.approx(6.0)]
     assert [g.calls for g in gens] == [0.5, 0.5]
+
+
+# -- length_batches: the batch composition of the pointwise scorers and DuoT5 ----------------------------------
+
+def test_length_batches_cut_where_padding_would_exceed_the_budget():
+    from pyterrier_llmrank.base import length_batches
+    lengths = np.array([100, 98, 97, 60, 59, 10])
+    order = np.argsort(-lengths, kind='stable')
+    got = [b.tolist() for b in length_batches(order, lengths, batch_size=16, max_padding=0.1)]
+    assert got == [[0, 1, 2], [3, 4], [5]]
+    # every row once, in order; batch_size still caps a batch; no budget gives plain slices
+    assert [b.tolist() for b in length_batches(order, lengths, 2, 0.1)] == [[0, 1], [2], [3, 4], [5]]
+    assert [b.tolist() for b in length_batches(order, lengths, 4, float('inf'))] == [[0, 1, 2, 3], [4, 5]]
+    # a zero budget batches equal lengths only; an empty order gives no batch
+    assert [b.tolist() for b in length_batches(order, np.array([5, 5, 5, 4, 4, 1]), 16, 0.0)] == [[0, 1, 2], [3, 4], [5]]
+    assert length_batches(np.array([], dtype=int), np.array([], dtype=int), 8) == []

@@ -388,7 +388,16 @@ def test_efficiency_stats(smollm2, tiny_cls, make):
     assert out['extra'].tolist() == list(range(len(DOCS)))
     stats = rr.stats.per_query().set_index('qid')
     assert stats.loc['1', 'sequences'] == 3
-    assert stats['model_calls'].sum() == pytest.approx(2)  # 6 pairs, batches of 4
+    # batches of at most 4 whose padding stays within the budget; without a budget, slices of 4 (2 batches)
+    assert (stats['padded_tokens'].sum() - stats['input_tokens'].sum()) <= rr.max_padding * stats['input_tokens'].sum()
+    assert 2 <= stats['model_calls'].sum() <= 6
+    rr.max_padding = float('inf')
+    rr.stats.reset()
+    rr(inp)
+    assert rr.stats.per_query()['model_calls'].sum() == pytest.approx(2)  # 6 pairs, batches of 4
+    rr.stats.reset()
+    rr(inp)
+    stats = rr.stats.per_query().set_index('qid')
     # each query's pairs share a prefix, computed once: DeAR's holds the query; YesNo's (chat header + "Passage:")
     # is the same for both queries, computed once in all
     assert stats['prefix_calls'].sum() == (1 if isinstance(rr, YesNo) else 2)
