@@ -6,9 +6,15 @@ Model: SmolLM2-135M-Instruct, CPU float32, 1 torch thread; candidates: the BM25 
 topic. The systems' repetitions are interleaved; medians of the per-repetition ratios are printed with the load
 average, and a torch profile of one ICR call (where the time goes).
 
+``--rankgpt-full`` adds a second RankGPT: the same prompts, but every window's answer decoded to the length of a
+whole permutation of its window (the tokens of ``[1] > [2] > ... > [20]``, no stop token). SmolLM2 answers
+``Received passage [20].`` (7 tokens) and stops, so the plain RankGPT row is nearly all prefill; a model that
+follows RankGPT's format writes the whole permutation, the workload of the ICR paper's latency comparison.
+The row is labelled as such; its answers are not used for anything.
+
 Usage::
 
-    python benchmarks/bench_icr_ratio.py --docs 100 --reps 2 [--rankgpt]
+    python benchmarks/bench_icr_ratio.py --docs 100 --reps 2 [--rankgpt] [--rankgpt-full]
 """
 from __future__ import annotations
 
@@ -34,12 +40,14 @@ def main() -> None:
     ap.add_argument('--reps', type=int, default=2)
     ap.add_argument('--rankgpt', action='store_true', help='also time RankGPT (w20 s10) on the same candidates')
     ap.add_argument('--rankgpt-tokens', type=int, default=200)
+    ap.add_argument('--rankgpt-full', action='store_true',
+                    help='also time RankGPT decoding a whole permutation per window (see the docstring)')
     args = ap.parse_args()
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    from pyterrier_llmrank import RankGPT, datasets
+    from pyterrier_llmrank import HFGenerationBackend, RankGPT, datasets
     from pyterrier_llmrank.icr import ICR
     from pyterrier_llmrank.models import load_causal_lm
 
@@ -65,6 +73,13 @@ def main() -> None:
     if args.rankgpt:
         systems['RankGPT'] = lambda: RankGPT(llm, window=20, step=10, depth=args.docs,
                                              max_new_tokens=args.rankgpt_tokens)(inp)
+    full_tokens = 0
+    if args.rankgpt_full:
+        full = HFGenerationBackend(llm)
+        full.stop_ids = []  # decode to max_new_tokens: a whole permutation, as a model that follows the format
+        full_tokens = len(llm.ids(' > '.join(f'[{i}]' for i in range(1, 21))))
+        full_rankgpt = RankGPT(full, window=20, step=10, depth=args.docs, max_new_tokens=full_tokens)
+        systems['RankGPT (whole permutations)'] = lambda: full_rankgpt(inp)
     load0 = os.getloadavg()
     times = {k: [] for k in systems}
     names = list(systems)
@@ -87,6 +102,13 @@ def main() -> None:
     if args.rankgpt:
         r = float(np.median(np.array(times['ICR']) / np.array(times['RankGPT'])))
         print(f'ICR / RankGPT: {r:.2f} (goal <= 0.25: {r <= 0.25})')
+    if args.rankgpt_full:
+        gen = full_rankgpt.stats.per_query()
+        r = float(np.median(np.array(times['ICR']) / np.array(times['RankGPT (whole permutations)'])))
+        print(f'RankGPT (whole permutations): {int(gen["model_calls"].sum() / args.reps)} windows, '
+              f'{int(gen["generated_tokens"].sum() / args.reps)} generated tokens per run '
+              f'({full_tokens} per window)')
+        print(f'ICR / RankGPT decoding whole permutations: {r:.2f} (goal <= 0.25: {r <= 0.25})')
 
 
 if __name__ == '__main__':

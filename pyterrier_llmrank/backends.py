@@ -252,10 +252,11 @@ class HFGenerationBackend(GenerationBackend):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(models.restore_weights(dict(state)))
 
-    def prefilled(self, batch: Sequence[Sequence[int]], width: int) -> Any:
+    def prefilled(self, batch: Sequence[Sequence[int]], width: int, room: int = 0) -> Any:
         """The key/value cache of the left-padded ``batch`` (``width`` tokens wide) but its last
         :attr:`GENERATE_TAIL` positions, each prompt prefilled alone from its longest stored prefix; ``None`` when the
-        model's cache cannot be laid out so (sliding-window or hybrid layers) or a prompt is too short."""
+        model's cache cannot be laid out so (sliding-window or hybrid layers) or a prompt is too short. The cache has
+        room for ``room`` more tokens (:func:`~pyterrier_llmrank.prefill.batch_cache`)."""
         tail = self.GENERATE_TAIL
         if any(len(s) <= tail for s in batch):
             return None
@@ -270,7 +271,7 @@ class HFGenerationBackend(GenerationBackend):
         except ValueError:  # not a plain key/value cache: prefill whole batches
             self._prompt_kv = False
             return None
-        return batch_cache(states, width - tail)
+        return batch_cache(states, width - tail, room=tail + room)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[ChatPrompt], max_new_tokens: int, *, temperature: float = 0.0,
@@ -294,7 +295,7 @@ class HFGenerationBackend(GenerationBackend):
             if kwargs['do_sample'] and seed is not None:
                 torch.manual_seed(seed + b)
             start = time.perf_counter()
-            cache = self.prefilled(batch, ids.shape[1]) if alone else None
+            cache = self.prefilled(batch, ids.shape[1], room=max_new_tokens) if alone else None
             extra = {} if cache is None else {'cache': cache}
             res = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             seconds = time.perf_counter() - start

@@ -12,7 +12,9 @@ which cannot skip the upper triangle of the causal mask), while decoding many pr
   (:func:`offset_causal_attention`), each block reading only the keys it may see.
 * :func:`batch_cache` lays the states of several prompts side by side, left-padded, as the cache of one
   ``model.generate`` call over the left-padded prompts: ``generate`` then runs only the prompts' last tokens and the
-  decoding steps, batched.
+  decoding steps, batched. Its layers have room for the tokens to come, written in place: ``DynamicCache``
+  concatenates at every step, a copy of the whole cache per layer (a quarter of a decoding step's time with a
+  2,500-token prompt on the CPU).
 
 Reused states equal recomputed ones up to float rounding (the same operations, on other matrix shapes).
 """
@@ -179,19 +181,68 @@ class PromptKV:
         return state
 
 
-def batch_cache(states: Sequence[State], width: int) -> Any:
+def _growing_layer_class() -> Any:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values are views of buffers with room to grow: a decoding step writes its
+        states in place, where ``DynamicLayer`` concatenates (a copy of the layer's whole cache at every step)."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            self._kbuf, self._vbuf = keys, values
+            self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+        def _in_buffer(self) -> bool:
+            return (self.keys is not None and self.keys.numel() > 0 and self.keys.data_ptr() == self._kbuf.data_ptr()
+                    and self.keys.shape[:2] == self._kbuf.shape[:2])
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            inside = self._in_buffer()
+            n = self.keys.shape[-2] if inside or (self.keys is not None and self.keys.numel()) else 0
+            new = key_states.shape[-2]
+            if not inside or n + new > self._kbuf.shape[-2]:
+                # reassigned (crop, beam selection, reset) or full: a new buffer with room for half as much again
+                cap = n + new + max(n // 2, 64)
+                kb = key_states.new_empty(key_states.shape[:2] + (cap, key_states.shape[3]))
+                vb = value_states.new_empty(value_states.shape[:2] + (cap, value_states.shape[3]))
+                if n:
+                    kb[:, :, :n] = self.keys
+                    vb[:, :, :n] = self.values
+                self._kbuf, self._vbuf = kb, vb
+            self._kbuf[:, :, n:n + new] = key_states
+            self._vbuf[:, :, n:n + new] = value_states
+            self.keys, self.values = self._kbuf[:, :, :n + new], self._vbuf[:, :, :n + new]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def batch_cache(states: Sequence[State], width: int, room: int = 0) -> Any:
     """A ``DynamicCache`` of ``width`` positions holding each row's states at its right end (left padding of zeros,
-    to be masked out by the attention mask of the padded prompts)."""
+    to be masked out by the attention mask of the padded prompts).
+
+    Its layers keep ``room`` more positions free behind the states, for the tokens ``generate`` will add (its
+    first step's prompt tail and the decoding steps): they are written in place rather than concatenated.
+    """
     from transformers import DynamicCache
-    data = []
+    from transformers.cache_utils import Cache
+    layer_class = _growing_layer_class()
+    layers = []
     for layer in range(len(states[0])):
         k0, v0 = states[0][layer]
-        kk = k0.new_zeros((len(states), k0.shape[1], width, k0.shape[3]))
-        vv = v0.new_zeros((len(states), v0.shape[1], width, v0.shape[3]))
+        kk = k0.new_zeros((len(states), k0.shape[1], width + room, k0.shape[3]))
+        vv = v0.new_zeros((len(states), v0.shape[1], width + room, v0.shape[3]))
         for i, st in enumerate(states):
             k, v = st[layer]
             if k.shape[2]:
-                kk[i, :, width - k.shape[2]:] = k[0]
-                vv[i, :, width - v.shape[2]:] = v[0]
-        data.append((kk, vv))
-    return DynamicCache(ddp_cache_data=data)
+                kk[i, :, width - k.shape[2]:width] = k[0]
+                vv[i, :, width - v.shape[2]:width] = v[0]
+        layers.append(layer_class(kk, vv, width))
+    cache = DynamicCache.__new__(DynamicCache)
+    Cache.__init__(cache, layers=layers)
+    return cache

@@ -479,6 +479,39 @@ def test_hf_backend_prefill_alone_reuses_shared_prefixes(smollm2):
         be.encode(prompts[0])) - be.GENERATE_TAIL
 
 
+def test_batch_cache_writes_decoding_steps_in_place(smollm2):
+    """batch_cache's layers have room for the tokens to come: decoding steps write their states into it in place
+    (no copy of the whole cache per step), growing it once the room is used up, and give DynamicCache's logits
+    and states."""
+    from transformers import DynamicCache
+    from pyterrier_llmrank.prefill import batch_cache
+    model = smollm2.model
+    ids = torch.tensor([smollm2.ids('The capital of France is Paris. The capital of Italy is')])
+    with torch.inference_mode():
+        ref = DynamicCache(config=model.config)
+        out = model(input_ids=ids, cache=ref, use_cache=True)
+        grown = batch_cache([[(k.clone(), v.clone()) for k, v in ((la.keys, la.values) for la in ref.layers)]],
+                            ids.shape[1], room=3)
+        assert isinstance(grown, DynamicCache) and grown.get_seq_length() == ids.shape[1]
+        buffer = grown.layers[0]._kbuf.data_ptr()
+        tok = out.logits[:, -1:].argmax(-1)
+        for step in range(5):
+            a = model(input_ids=tok, cache=ref, use_cache=True).logits
+            b = model(input_ids=tok, cache=grown, use_cache=True).logits
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            assert (grown.layers[0]._kbuf.data_ptr() == buffer) == (step < 3)  # in place within the room
+            tok = a[:, -1:].argmax(-1)
+        assert grown.get_seq_length() == ref.get_seq_length() == ids.shape[1] + 5
+        for la, lb in zip(ref.layers, grown.layers):
+            torch.testing.assert_close(lb.keys, la.keys, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(lb.values, la.values, rtol=1e-5, atol=1e-5)
+        grown.crop(-2)  # a crop (as assisted decoding does) keeps writing into the same buffer
+        ref.crop(-2)
+        b = model(input_ids=tok, cache=grown, use_cache=True).logits
+        a = model(input_ids=tok, cache=ref, use_cache=True).logits
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 # -- one real-model run each (SmolLM2-135M-Instruct, few documents, short generations) -------------------------
 
 def real_frame():
