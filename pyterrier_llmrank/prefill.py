@@ -235,13 +235,15 @@ def batch_cache(states: Sequence[State], width: int, room: int = 0) -> Any:
     layers = []
     for layer in range(len(states[0])):
         k0, v0 = states[0][layer]
-        kk = k0.new_zeros((len(states), k0.shape[1], width + room, k0.shape[3]))
-        vv = v0.new_zeros((len(states), v0.shape[1], width + room, v0.shape[3]))
-        for i, st in enumerate(states):
+        kk = k0.new_empty((len(states), k0.shape[1], width + room, k0.shape[3]))
+        vv = v0.new_empty((len(states), v0.shape[1], width + room, v0.shape[3]))
+        for i, st in enumerate(states):  # the room is written before it is read: only the padding is zeroed
             k, v = st[layer]
-            if k.shape[2]:
-                kk[i, :, width - k.shape[2]:width] = k[0]
-                vv[i, :, width - v.shape[2]:width] = v[0]
+            pad = width - k.shape[2]
+            kk[i, :, :pad] = 0
+            vv[i, :, :pad] = 0
+            kk[i, :, pad:width] = k[0]
+            vv[i, :, pad:width] = v[0]
         layers.append(layer_class(kk, vv, width))
     cache = DynamicCache.__new__(DynamicCache)
     Cache.__init__(cache, layers=layers)
