@@ -4,13 +4,12 @@ import os
 import pickle
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pyterrier_llmrank import ICR, UPR, datasets, models
+from pyterrier_llmrank import ICR, UPR, datasets
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = 'smollm2-135m-instruct'
