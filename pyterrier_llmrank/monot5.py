@@ -164,7 +164,8 @@ class MonoT5(_T5Mixin, PointwiseReranker):
             (``tokenizer.json``, ``tokenizer_config.json`` or ``spiece.model``), else ``'t5-base'`` as pyterrier-t5
             (ignored when ``model`` is a ``(model, tokenizer)`` pair).
         model: hub name, local folder or ``(model, tokenizer)`` pair.
-        batch_size: sequences per forward pass (sorted by length, so larger batches waste little padding).
+        batch_size: the most sequences per forward pass (sorted by length; a batch is cut where its padding would
+            pass ``max_padding``, 10% of its tokens: see :func:`~pyterrier_llmrank.base.length_batches`).
         text_field: column holding the document text.
         device: ``'auto'`` (cuda if available), ``'cpu'``, ``'cuda:0'``, ... (``None``: auto, as pyterrier-t5).
         verbose: show a progress bar over batches.
@@ -230,7 +231,7 @@ class DuoT5(_T5Mixin, QueryReranker):
             (``tokenizer.json``, ``tokenizer_config.json`` or ``spiece.model``), else ``'t5-base'`` as pyterrier-t5
             (ignored when ``model`` is a ``(model, tokenizer)`` pair).
         model: hub name, local folder or ``(model, tokenizer)`` pair.
-        batch_size: pairs per forward pass.
+        batch_size: the most pairs per forward pass (batches are cut by padding, as MonoT5's).
         text_field: column holding the document text.
         device: ``'auto'`` (cuda if available), ``'cpu'``, ``'cuda:0'``, ... (``None``: auto).
         verbose: show a progress bar over pairs.
