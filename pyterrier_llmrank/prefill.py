@@ -20,6 +20,7 @@ Reused states equal recomputed ones up to float rounding (the same operations, o
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Sequence, Tuple
@@ -181,7 +182,9 @@ class PromptKV:
         return state
 
 
+@functools.lru_cache(maxsize=None)
 def _growing_layer_class() -> Any:
+    """The class, made once (transformers is imported only when a cache is built)."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
@@ -245,6 +248,6 @@ def batch_cache(states: Sequence[State], width: int, room: int = 0) -> Any:
             kk[i, :, pad:width] = k[0]
             vv[i, :, pad:width] = v[0]
         layers.append(layer_class(kk, vv, width))
-    cache = DynamicCache.__new__(DynamicCache)
-    Cache.__init__(cache, layers=layers)
+    cache = DynamicCache.__new__(DynamicCache)  # DynamicCache.__init__ would make plain DynamicLayers from data;
+    Cache.__init__(cache, layers=layers)  # this is what it does with ready layers
     return cache
