@@ -6,8 +6,8 @@ Scorers: ``YesNo``, ``ProRank`` (prompt only: SmolLM2 is not a ProRank checkpoin
 a DeAR-shaped model of the same size) and ``MonoT5`` (a random T5 of t5-base's shape, 12+12 layers, d_model 768,
 with a SentencePiece vocabulary trained on the spot: no T5 weights offline, and speed depends on the shapes
 only), each with the shared-prefix cache (default) and, for comparison, ProRank without it and YesNo with the
-old fixed batches (``max_padding=inf``: slices of ``batch_size`` rows). Inputs are the BM25 top-``--docs`` passages (real texts) of the first
-``--queries`` TREC DL 2019 topics.
+old fixed batches (``max_padding=inf``: slices of ``batch_size`` rows). Inputs are the BM25 top-``--docs``
+passages (real texts) of the first ``--queries`` TREC DL 2019 topics.
 
 What is counted (useful model FLOPs, the usual "MFU" convention; padding and masked attention entries are not
 counted, embedding lookups are free):
