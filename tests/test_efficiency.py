@@ -65,3 +65,18 @@ def test_length_batches_cut_where_padding_would_exceed_the_budget():
     # a zero budget batches equal lengths only; an empty order gives no batch
     assert [b.tolist() for b in length_batches(order, np.array([5, 5, 5, 4, 4, 1]), 16, 0.0)] == [[0, 1, 2], [3, 4], [5]]
     assert length_batches(np.array([], dtype=int), np.array([], dtype=int), 8) == []
+
+
+def test_the_defaults_are_the_fast_settings(smollm2):
+    """Issue 17: nothing to switch on. Pointwise scorers batch within the padding budget and reuse shared prefixes;
+    the HF backend prefills alone from shared prefixes on the CPU and decodes into a cache with room to grow."""
+    from pyterrier_llmrank import UPR
+    from pyterrier_llmrank.base import MAX_PADDING
+    from pyterrier_llmrank.pointwise import ProRank, YesNo
+    for rr in (UPR(smollm2), YesNo(smollm2), ProRank(smollm2)):
+        assert rr.max_padding == MAX_PADDING == 0.1
+    assert YesNo(smollm2).prefix_reuse and ProRank(smollm2).prefix_reuse
+    be = HFGenerationBackend(smollm2, device='cpu')
+    assert be.prefill_alone is None  # None: alone on the CPU
+    be.generate([ChatPrompt.of([{'role': 'user', 'content': 'Say hi.'}])], 3)
+    assert be._prompt_kv.calls == 1  # the prompt was prefilled alone, through the prompt cache
