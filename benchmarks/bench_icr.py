@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
-import os
 import time
 import warnings
 from typing import Any, Callable, Dict, Tuple
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+import harness  # noqa: E402,F401 -- offline hub, the repository on sys.path
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402

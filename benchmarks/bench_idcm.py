@@ -17,16 +17,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import harness  # noqa: E402,F401 -- offline hub, the repository on sys.path
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -1,7 +1,7 @@
 """GPU readiness check, prepared for a session that has a GPU for a few minutes.
 
-1. Equality: every method on the tiny random models of ``tests/tiny_models.py`` (Llama with SmolLM2's tokenizer
-   when cached, T5), once on the CPU and once on ``--device``, both in float32: the largest absolute score
+1. Equality: every method on the tiny random models of ``pyterrier_llmrank.testing`` (Llama with SmolLM2's
+   tokenizer when cached, T5), once on the CPU and once on ``--device``, both in float32: the largest absolute score
    difference and whether the rankings are the same. Pointwise and attention scores must agree within
    ``--atol``; the generative methods (RankGPT, Setwise) are reported (greedy decoding of a random model can
    break argmax ties differently across devices) but do not fail the check.
@@ -20,17 +20,12 @@ Exit status 1 when an equality check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'tests'))
+import harness  # noqa: E402,F401 -- offline hub, the repository on sys.path
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -61,7 +56,7 @@ def sync(device: str) -> None:
 
 
 def equality(device: str, frame: pd.DataFrame, atol: float) -> bool:
-    from tiny_models import build_tiny_llama, build_tiny_t5
+    from pyterrier_llmrank.testing import build_tiny_llama, build_tiny_t5
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         folders = {'llama': build_tiny_llama(Path(tmp) / 'llama').path, 't5': build_tiny_t5(Path(tmp) / 't5').path}
