@@ -33,7 +33,7 @@ from pyterrier_llmrank.models import restore_weights, state_without_weights
 from pyterrier_llmrank.fingerprint import fingerprint
 
 __all__ = ['EfficiencyStats', 'Reranker', 'PointwiseReranker', 'QueryReranker', 'QueryCandidates', 'fit_pieces',
-           'validate_rerank_input', 'empty_result', 'require_values', 'text_values', 'missing_rows',
+           'validate_rerank_input', 'empty_result', 'empty_retrieval', 'require_values', 'text_values', 'missing_rows',
            'first_stage_order', 'check_arguments', 'OneOf', 'AtLeast', 'length_batches', 'MAX_PADDING']
 
 
@@ -169,6 +169,13 @@ def empty_result(inp: pd.DataFrame) -> pd.DataFrame:
     out['score'] = pd.Series(dtype='float64')
     out['rank'] = pd.Series(dtype='int64')
     return out
+
+
+def empty_retrieval(inp: pd.DataFrame) -> pd.DataFrame:
+    """The output of a retriever for an empty query frame: the input's columns plus ``docno``, ``score`` and
+    ``rank``."""
+    return inp.drop(columns=['docno', 'score', 'rank'], errors='ignore').assign(
+        docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'), rank=pd.Series(dtype='int64'))
 
 
 def fit_pieces(pieces: Sequence[List[int]], max_len: Optional[int], cut: Sequence[int]) -> List[List[int]]:

@@ -40,7 +40,7 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_llmrank.base import EfficiencyStats
+from pyterrier_llmrank.base import EfficiencyStats, empty_retrieval
 from pyterrier_llmrank.folders import build_folder, cache_dir
 
 __all__ = ['MINILM_SHORT_NAME', 'minilm_path', 'DENSE_SHORT_NAMES', 'bi_encoder', 'minilm_scorer',
@@ -254,8 +254,7 @@ class DenseRetriever(pt.Transformer):
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.query_frame(inp, extra_columns=['query'])
         if len(inp) == 0:
-            return inp.assign(docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'),
-                              rank=pd.Series(dtype='int64'))
+            return empty_retrieval(inp)
         inp = inp.reset_index(drop=True)
         blank = inp['query'].isna() | inp['query'].map(lambda q: isinstance(q, str) and not q.strip())
         if blank.any():

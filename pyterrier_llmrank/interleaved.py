@@ -44,7 +44,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 import torch
 
-from pyterrier_llmrank.base import EfficiencyStats, OneOf, check_arguments, require_values
+from pyterrier_llmrank.base import EfficiencyStats, OneOf, check_arguments, empty_retrieval, require_values
 from pyterrier_llmrank.datasets.multimodal import explode_sections
 from pyterrier_llmrank.folders import build_folder
 
@@ -350,8 +350,7 @@ class InterleavedRetriever(pt.Transformer):
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
         pta.validate.query_frame(inp, extra_columns=['query'])
         if len(inp) == 0:
-            return inp.assign(docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'),
-                              rank=pd.Series(dtype='int64'))
+            return empty_retrieval(inp)
         inp = inp.reset_index(drop=True)
         require_values(inp, ['qid', 'query'], 'InterleavedRetriever')
         start = time.perf_counter()

@@ -41,7 +41,8 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from pyterrier_llmrank.base import AtLeast, EfficiencyStats, check_arguments, first_stage_order, require_values
+from pyterrier_llmrank.base import (AtLeast, EfficiencyStats, check_arguments, empty_retrieval, first_stage_order,
+                                    require_values)
 from pyterrier_llmrank.backends import ChatPrompt, Generation, resolve_backend
 from pyterrier_llmrank.generative import fit_chat_prompt, truncate_tokens
 from pyterrier_llmrank.fusion import FUSION_METHODS, fuse
@@ -463,8 +464,7 @@ class SubQueryRetrieve(pt.Transformer):
         require_values(inp, ['qid'], 'SubQueryRetrieve')
         base_cols = [c for c in inp.columns if c not in ('docno', 'score', 'rank')]
         if len(inp) == 0:
-            return inp[base_cols].assign(docno=pd.Series(dtype=object), score=pd.Series(dtype='float64'),
-                                         rank=pd.Series(dtype='int64'))
+            return empty_retrieval(inp)
         subs = self.subqueries(inp)
         # each sub-query is retrieved under a temporary qid of its own, so that retrievers keyed by qid see
         # distinct queries; the lists are then mapped back to their qid
