@@ -378,6 +378,15 @@ def _explicit(value: Any) -> bool:
     return value is not None and value != 'auto'
 
 
+def _placed(mdl: Any, dtype: Any, dev: Any) -> Any:
+    """A model given as an object, put on ``dev`` (and cast to ``dtype`` when one is given explicitly), in eval mode."""
+    if _explicit(dtype):
+        mdl = mdl.to(resolve_dtype(dtype, dev))
+    mdl = mdl.to(dev)
+    mdl.eval()
+    return mdl
+
+
 def _same_device(wanted: torch.device, actual: torch.device) -> bool:
     """``cuda`` (no index) matches any CUDA device; otherwise type and index must agree."""
     return wanted.type == actual.type and (wanted.index is None or wanted.index == actual.index)
@@ -407,11 +416,7 @@ def _load(model: ModelRef, auto_cls: Callable, device: Union[str, torch.device, 
         mdl, tok = model
         if tokenizer is not None:
             tok = tokenizer
-        if _explicit(dtype):
-            mdl = mdl.to(resolve_dtype(dtype, dev))
-        mdl = mdl.to(dev)
-        mdl.eval()
-        return LoadedModel(mdl, tok)
+        return LoadedModel(_placed(mdl, dtype, dev), tok)
     path = resolve_model_path(model)
     tok_key = tokenizer if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else id(tokenizer)
     key = (auto_cls.__name__, os.path.abspath(path) if os.path.exists(path) else path, str(dev),
@@ -654,11 +659,7 @@ def load_vlm(model: Any, device: Union[str, torch.device, None] = 'auto', dtype:
         mdl, proc = model
         proc = _vl_processor(processor if processor is not None else proc)
         _set_pixels(proc.image_processor, min_pixels, max_pixels)
-        if _explicit(dtype):
-            mdl = mdl.to(resolve_dtype(dtype, dev))
-        mdl = mdl.to(dev)
-        mdl.eval()
-        return LoadedVLM(mdl, proc)
+        return LoadedVLM(_placed(mdl, dtype, dev), proc)
     adapter = local_adapter(model)
     path = str(adapter) if adapter is not None else resolve_model_path(model)
     proc_key = processor if processor is None or isinstance(processor, (str, os.PathLike)) else id(processor)
