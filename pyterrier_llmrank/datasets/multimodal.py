@@ -147,7 +147,30 @@ def _collection(collection: Any) -> Any:
 
 # -- page images -------------------------------------------------------------------------------------------------
 
-class ImageLoader(pt.Transformer):
+class _DocnoLoader(pt.Transformer):
+    """Adds one column looked up by ``docno`` (:meth:`_lookup`, into :meth:`_field`), keeping every other column;
+    a rank cutoff after it moves before it."""
+
+    def _field(self) -> str:
+        raise NotImplementedError
+
+    def _lookup(self, docnos: List[Any]) -> List[Any]:
+        raise NotImplementedError
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
+        pta.validate.columns(inp, includes=['docno'])
+        values = self._lookup(inp['docno'].tolist()) if len(inp) else []
+        field = self._field()
+        out = inp.drop(columns=[field], errors='ignore').copy()
+        out[field] = pd.Series(values, index=out.index, dtype=object)
+        return out
+
+    def fuse_rank_cutoff(self, k: int) -> pt.Transformer:
+        """Moves a rank cutoff before the loader."""
+        return pt.RankCutoff(k) >> self
+
+
+class ImageLoader(_DocnoLoader):
     """Adds the ``image`` column (the page file's path) by ``docno``, keeping every other column.
 
     Raises :class:`~pyterrier_llmrank.datasets.errors.UnknownDocnoError` naming the docnos without a page.
@@ -159,16 +182,11 @@ class ImageLoader(pt.Transformer):
         self.pages = pages
         self.image_field = image_field
 
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
-        pta.validate.columns(inp, includes=['docno'])
-        paths = self.pages.image_paths(inp['docno'].tolist()) if len(inp) else []
-        out = inp.drop(columns=[self.image_field], errors='ignore').copy()
-        out[self.image_field] = pd.Series(paths, index=out.index, dtype=object)
-        return out
+    def _field(self) -> str:
+        return self.image_field
 
-    def fuse_rank_cutoff(self, k: int) -> pt.Transformer:
-        """Moves a rank cutoff before the loader."""
-        return pt.RankCutoff(k) >> self
+    def _lookup(self, docnos: List[Any]) -> List[Any]:
+        return self.pages.image_paths(docnos)
 
     def __repr__(self) -> str:
         return f'ImageLoader({self.pages!r})'
@@ -325,7 +343,7 @@ def explode_sections(frame: pd.DataFrame, sections_field: str = 'sections') -> p
     return out
 
 
-class SectionsLoader(pt.Transformer):
+class SectionsLoader(_DocnoLoader):
     """Adds the ``sections`` column (the interleaved document) by ``docno``, keeping every other column."""
 
     schematic = {'label': 'SectionsLoader'}
@@ -334,16 +352,11 @@ class SectionsLoader(pt.Transformer):
         self.documents = documents
         self.sections_field = sections_field
 
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:  # noqa: D102
-        pta.validate.columns(inp, includes=['docno'])
-        sections = self.documents.get_sections([str(d) for d in inp['docno']]) if len(inp) else []
-        out = inp.drop(columns=[self.sections_field], errors='ignore').copy()
-        out[self.sections_field] = pd.Series(sections, index=out.index, dtype=object)
-        return out
+    def _field(self) -> str:
+        return self.sections_field
 
-    def fuse_rank_cutoff(self, k: int) -> pt.Transformer:
-        """Moves a rank cutoff before the loader."""
-        return pt.RankCutoff(k) >> self
+    def _lookup(self, docnos: List[Any]) -> List[Any]:
+        return self.documents.get_sections([str(d) for d in docnos])
 
     def __repr__(self) -> str:
         return f'SectionsLoader({self.documents!r})'
