@@ -28,7 +28,7 @@ from pyterrier_llmrank.train.common import check_keys, jsonl_records, lora_confi
 from pyterrier_llmrank.train.loop import LOOP_DEFAULTS, train_loop
 from pyterrier_llmrank.train.mmr5 import language_linear_modules
 from pyterrier_llmrank.train.recipe import finish
-from pyterrier_llmrank.train.yesno import infonce_loss, sft_loss
+from pyterrier_llmrank.train.yesno import yesno_objectives
 
 __all__ = ['VL_YESNO_DEFAULTS', 'load_groups', 'main_sft', 'main_contrastive']
 
@@ -89,16 +89,10 @@ def _run(config: Dict[str, Any], recipe: str) -> str:
     tau = float(cfg['tau'])
 
     def loss_fn(batch: List[Dict[str, Any]]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        n = 1 + len(batch[0]['negatives'])
         items = [scorer.encode_pair(g['query'], d.get('text'), g['query_image'], d.get('image'))
                  for g in batch for d in [g['positive'], *g['negatives']]]
         logits = peft(**scorer.model_inputs(items)).logits[:, -1]
-        rel = (logits[:, scorer.yes_id] - logits[:, scorer.no_id]).float().view(len(batch), n)
-        labels = torch.zeros(len(items), dtype=torch.long, device=logits.device)
-        labels[::n] = 1
-        sft = sft_loss(logits, labels, scorer.yes_id, scorer.no_id)
-        nce = infonce_loss(rel, tau)
-        margin = float((rel[:, :1] - rel[:, 1:]).mean().detach())
+        sft, nce, margin = yesno_objectives(logits, len(batch), scorer.yes_id, scorer.no_id, tau)
         loss = sft if recipe == 'vl-sft' else nce
         return loss, {'sft': float(sft.detach()), 'infonce': float(nce.detach()), 'margin': margin}
 

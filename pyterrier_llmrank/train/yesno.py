@@ -31,7 +31,7 @@ from pyterrier_llmrank.train.data import group_lengths
 from pyterrier_llmrank.train.loop import train_loop
 from pyterrier_llmrank.train.recipe import add_lora, finish, make_groups, prepare, resolve_config
 
-__all__ = ['main_sft', 'main_contrastive', 'YesNoStudent', 'sft_loss', 'infonce_loss', 'YESNO_LORA', 'YESNO_DEFAULTS']
+__all__ = ['main_sft', 'main_contrastive', 'YesNoStudent', 'sft_loss', 'infonce_loss', 'yesno_objectives', 'YESNO_LORA', 'YESNO_DEFAULTS']
 
 #: Default LoRA of the yes/no recipes.
 YESNO_LORA = {'r': 16, 'alpha': 32, 'dropout': 0.05,
@@ -59,6 +59,19 @@ def infonce_loss(relevance: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """InfoNCE over groups of relevance logits ``B x N`` with the positive at index 0."""
     target = torch.zeros(relevance.shape[0], dtype=torch.long, device=relevance.device)
     return F.cross_entropy(relevance.float() / tau, target)
+
+
+def yesno_objectives(logits: torch.Tensor, groups: int, yes_id: int, no_id: int,
+                     tau: float) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """Both objectives over the answer logits of ``groups`` groups of a positive followed by its negatives
+    (``logits``: ``groups * n`` rows in that order): the SFT loss (:func:`sft_loss`, label 1 for each group's first
+    row), InfoNCE (:func:`infonce_loss` over ``yes - no`` per group) and the mean margin of the positive over the
+    negatives. The recipes train one of the two losses and log both."""
+    rel = (logits[:, yes_id] - logits[:, no_id]).float().view(groups, -1)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    labels[::rel.shape[1]] = 1
+    margin = float((rel[:, :1] - rel[:, 1:]).mean().detach())
+    return sft_loss(logits, labels, yes_id, no_id), infonce_loss(rel, tau), margin
 
 
 class YesNoStudent:
@@ -106,16 +119,10 @@ def _run(config: Dict[str, Any], recipe: str) -> str:
     tau = float(cfg['tau'])
 
     def loss_fn(batch: List[Dict[str, Any]]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        n = 1 + len(batch[0]['negatives'])
         pairs = [(g['query'], t) for g in batch for t in [g['positive'], *g['negatives']]]
         logits = student.answer_logits(pairs)
-        rel = (logits[:, student.yes_id] - logits[:, student.no_id]).float().view(len(batch), n)
         # both objectives are logged, one is trained
-        labels = torch.zeros(len(pairs), dtype=torch.long, device=logits.device)
-        labels[::n] = 1
-        sft = sft_loss(logits, labels, student.yes_id, student.no_id)
-        nce = infonce_loss(rel, tau)
-        margin = float((rel[:, :1] - rel[:, 1:]).mean().detach())
+        sft, nce, margin = yesno_objectives(logits, len(batch), student.yes_id, student.no_id, tau)
         loss = sft if recipe == 'sft' else nce
         return loss, {'sft': float(sft.detach()), 'infonce': float(nce.detach()), 'margin': margin}
 
